@@ -1,0 +1,54 @@
+"""Semantic encoders x0 -> z_sem (Diff-AE §3.2; PDAE §3.3).
+
+No loss touches z directly: the encoder learns only because the decoder's denoising loss
+(Diff-AE Eq. 6) back-propagates through z into it. A z that carries nothing useful cannot lower
+that loss, so the gradient pushes z to describe what the noisy x_t alone cannot tell.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nn import AttentionBlock, EmbedSequential, ResBlock, normalization
+
+
+@dataclass
+class EncoderConfig:
+    res: int = 32
+    ch: int = 64
+    ch_mult: tuple = (1, 2, 4, 8, 8)   # Table 5 "Encoder ch. mult." (one level deeper than the UNet)
+    num_res_blocks: int = 2
+    attn_res: tuple = (16,)
+    z_dim: int = 512
+    num_heads: int = 1
+    in_ch: int = 3
+
+
+class SemanticEncoder(nn.Module):
+    """Diff-AE's encoder: the first half of the UNet (no time input), pooled to a z_sem vector."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.ch * cfg.ch_mult[0]
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_ch, ch, 3, padding=1))])
+        res = cfg.res
+        for level, mult in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [ResBlock(ch, cfg.ch * mult)]
+                ch = cfg.ch * mult
+                if res in cfg.attn_res:
+                    layers.append(AttentionBlock(ch, cfg.num_heads))
+                self.input_blocks.append(EmbedSequential(*layers))
+            if level < len(cfg.ch_mult) - 1:
+                self.input_blocks.append(EmbedSequential(ResBlock(ch, ch, down=True)))
+                res //= 2
+        self.middle_block = EmbedSequential(ResBlock(ch, ch), AttentionBlock(ch, cfg.num_heads), ResBlock(ch, ch))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Conv2d(ch, cfg.z_dim, 1), nn.Flatten())
+
+    def forward(self, x):
+        h = x
+        for block in self.input_blocks:
+            h = block(h)
+        return self.out(self.middle_block(h))  # (B, z_dim)

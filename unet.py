@@ -1,0 +1,105 @@
+"""The ADM UNet noise predictor eps(x_t, t[, z]) (Diff-AE §3.1, Fig. 7a, Table 5).
+
+cond_dim=None is the plain DDIM baseline; cond_dim=d makes it the Diff-AE decoder, where z_sem
+enters every ResBlock through the AdaGN scale of Eq. 7.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from nn import AttentionBlock, EmbedSequential, ResBlock, normalization, timestep_embedding, zero_module
+
+
+@dataclass
+class UNetConfig:
+    res: int = 32                 # image resolution (decides where attention goes)
+    ch: int = 64                  # base channels
+    ch_mult: tuple = (1, 2, 4, 8)
+    num_res_blocks: int = 2
+    attn_res: tuple = (16,)       # pixel resolutions that get self-attention
+    dropout: float = 0.1
+    embed_dim: int = 512          # width of the time embedding (and AdaGN's input)
+    cond_dim: int = None          # size of z_sem; None = unconditional DDIM
+    num_heads: int = 1
+    in_ch: int = 3
+    out_ch: int = 3
+    grad_checkpoint: bool = False  # recompute blocks in backward: less memory, ~30% slower
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, z). Skip connections join each encoder-half output to one decoder block."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        E, Z = cfg.embed_dim, cfg.cond_dim
+        block = lambda a, b, **kw: ResBlock(a, b, E, Z, cfg.dropout, **kw)
+        attn = lambda c: AttentionBlock(c, cfg.num_heads)
+        self.time_embed = nn.Sequential(nn.Linear(cfg.ch, E), nn.SiLU(), nn.Linear(E, E))
+
+        ch = cfg.ch * cfg.ch_mult[0]
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_ch, ch, 3, padding=1))])
+        skip_chs, res = [ch], cfg.res
+        for level, mult in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [block(ch, cfg.ch * mult)]
+                ch = cfg.ch * mult
+                if res in cfg.attn_res:
+                    layers.append(attn(ch))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skip_chs.append(ch)
+            if level < len(cfg.ch_mult) - 1:
+                self.input_blocks.append(EmbedSequential(block(ch, ch, down=True)))
+                skip_chs.append(ch)
+                res //= 2
+
+        self.middle_block = EmbedSequential(block(ch, ch), attn(ch), block(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.ch_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [block(ch + skip_chs.pop(), cfg.ch * mult)]
+                ch = cfg.ch * mult
+                if res in cfg.attn_res:
+                    layers.append(attn(ch))
+                if level > 0 and i == cfg.num_res_blocks:
+                    layers.append(block(ch, ch, up=True))
+                    res *= 2
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_ch, 3, padding=1)))
+
+    def embed_time(self, t):
+        return self.time_embed(timestep_embedding(t, self.cfg.ch))  # (B, E)
+
+    def _run(self, block, h, emb, cond):
+        if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, cond, use_reentrant=False)
+        return block(h, emb, cond)
+
+    def encode_half(self, x, emb, cond=None):
+        """The input blocks: returns every intermediate feature map (the skips; the last is the deepest).
+
+        PDAE reuses exactly this half of a frozen pre-trained UNet.
+        """
+        hs, h = [], x
+        for block in self.input_blocks:
+            h = self._run(block, h, emb, cond)
+            hs.append(h)
+        return hs
+
+    def decode_half(self, hs, emb, cond=None):
+        """Middle block, then output blocks fed by the skips in reverse order."""
+        hs = list(hs)
+        h = self._run(self.middle_block, hs[-1], emb, cond)
+        for block in self.output_blocks:
+            h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb, cond)  # (B, C + C_skip, H, W)
+        return self.out(h)
+
+    def forward(self, x, t, z=None):
+        if (z is None) != (self.cfg.cond_dim is None):
+            raise ValueError(f"this UNet has cond_dim={self.cfg.cond_dim}; pass z exactly when cond_dim is set")
+        emb = self.embed_time(t)
+        return self.decode_half(self.encode_half(x, emb, z), emb, z)
