@@ -37,7 +37,11 @@ class GroupNorm32(nn.GroupNorm):
 
 
 def normalization(channels):
-    return GroupNorm32(min(32, channels), channels)
+    """GroupNorm with 32 groups as ADM; small widths that 32 does not divide fall back to a divisor."""
+    groups = min(32, channels)
+    if channels % groups:
+        groups = math.gcd(32, channels)
+    return GroupNorm32(groups, channels)
 
 
 def ada_group_norm(h, norm, t_scale, t_shift, z_scale=None):
