@@ -1,0 +1,260 @@
+"""Tests for data.py: toyfaces properties, real-image loading, labels, the resolver."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from data import (CelebA, DatasetError, ImageFolder, LMDBImages, ToyFaces, draw_face, make_dataset,
+                  read_label_csv, with_labels)
+
+# -----------------------------------------------------------------------------
+# toyfaces
+
+
+@pytest.fixture(scope="module")
+def faces16():
+    return ToyFaces(res=16, n=2000, seed=0, cache_dir=None)
+
+
+def test_toyfaces_deterministic_and_streams_differ():
+    a = ToyFaces(16, 8, seed=0, cache_dir=None)
+    b = ToyFaces(16, 8, seed=0, cache_dir=None)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.attrs, b.attrs)
+    assert np.array_equal(a.factors, b.factors)
+    other_seed = ToyFaces(16, 8, seed=1, cache_dir=None)
+    test = ToyFaces(16, 8, seed=0, split="test", cache_dir=None)
+    for other in (other_seed, test):
+        assert all(not np.array_equal(a.images[i], other.images[i]) for i in range(8))
+
+
+@pytest.mark.parametrize("res", [16, 32, 64])
+def test_toyfaces_shapes_and_range(res):
+    ds = ToyFaces(res, 4, cache_dir=None)
+    assert len(ds) == 4 and ds.attr_names == ToyFaces.ATTRIBUTES
+    image, attrs = ds[3]
+    assert image.shape == (3, res, res) and image.dtype == torch.float32
+    assert image.min() >= -1 and image.max() <= 1 and image.std() > 0.1
+    assert attrs.shape == (8,) and attrs.dtype == torch.float32 and set(attrs.tolist()) <= {0.0, 1.0}
+    assert ds.factors.shape == (4, len(ToyFaces.FACTOR_NAMES))
+    X, A = ds.tensors()
+    assert X.shape == (4, 3, res, res) and A.shape == (4, 8)
+    assert torch.equal(X[3], image) and torch.equal(A[3], attrs)
+
+
+@pytest.mark.parametrize("res", [8, 20, 48, 512])
+def test_toyfaces_invalid_res(res):
+    with pytest.raises(ValueError):
+        ToyFaces(res, 4, cache_dir=None)
+
+
+def test_toyfaces_rates(faces16):
+    rates = faces16.attrs.mean(0)
+    for k, name in enumerate(ToyFaces.ATTRIBUTES):
+        assert abs(rates[k] - ToyFaces.RATES[name]) < 0.04, (name, rates[k])
+    hair = faces16.attrs[:, [ToyFaces.ATTRIBUTES.index(n) for n in ("Bald", "Blond_Hair", "Black_Hair")]]
+    assert hair.sum(1).max() == 1  # one hair draw: these exclude each other
+    f = dict(zip(ToyFaces.FACTOR_NAMES, faces16.factors.T))
+    assert np.abs(f["tilt"]).max() <= 12 and np.abs(f["tilt"]).max() > 10
+    assert f["scale"].min() >= 0.9 and f["scale"].max() <= 1.1
+
+
+def test_toyfaces_attributes_linearly_visible_at_16(faces16):
+    # even a linear classifier on raw 16x16 pixels recovers every attribute
+    X, Y = faces16.tensors()
+    A = torch.cat([X.flatten(1), torch.ones(len(X), 1)], 1).double()
+    tr, te = slice(0, 1500), slice(1500, None)
+    W = torch.linalg.solve(A[tr].T @ A[tr] + 10 * torch.eye(A.shape[1], dtype=torch.double),
+                           A[tr].T @ (2 * Y[tr].double() - 1))
+    pred, y = (A[te] @ W) > 0, Y[te] > 0
+    balanced = 0.5 * ((pred & y).sum(0) / y.sum(0) + (~pred & ~y).sum(0) / (~y).sum(0))
+    assert balanced.min() > 0.85, dict(zip(ToyFaces.ATTRIBUTES, balanced.tolist()))
+
+
+def test_toyfaces_distinct_images(faces16):
+    flat = faces16.images[:200].reshape(200, -1)
+    assert len(np.unique(flat, axis=0)) == 200
+
+
+def test_toyfaces_counterfactual_changes_image():
+    ds = ToyFaces(32, 1, cache_dir=None)
+    p = ds.params(0)
+    assert np.array_equal(draw_face(p, 32), ds.images[0])
+    flipped = draw_face({**p, "Smiling": not p["Smiling"]}, 32)
+    changed = np.abs(flipped.astype(int) - ds.images[0]).sum(-1) > 0
+    assert 0 < changed.mean() < 0.1  # only the mouth changes
+
+
+def test_toyfaces_cache_round_trip(tmp_path, monkeypatch):
+    a = ToyFaces(16, 8, seed=3, cache_dir=str(tmp_path))
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 2 and all("v%d" % ToyFaces.VERSION in f for f in files)  # no temp files left
+    monkeypatch.setattr(data, "draw_face", lambda *a: pytest.fail("rendered again instead of loading"))
+    b = ToyFaces(16, 8, seed=3, cache_dir=str(tmp_path))
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.attrs, b.attrs)
+    assert np.array_equal(a.factors, b.factors)
+
+
+def test_make_dataset_toyfaces(tmp_path):
+    ds = make_dataset("toyfaces", 16, data_dir=str(tmp_path), n=5, split="test")
+    assert isinstance(ds, ToyFaces) and len(ds) == 5 and ds.split == "test"
+
+
+# -----------------------------------------------------------------------------
+# image folders
+
+
+def _save(path, img, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path, **kw)
+
+
+def _thirds(w=90, h=30):
+    """Left third red, middle green, right third blue."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 3, 0] = a[:, w // 3: 2 * w // 3, 1] = a[:, 2 * w // 3:, 2] = 255
+    return Image.fromarray(a)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "imgs"
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    _save(root / "a.png", rgb)
+    _save(root / "sub" / "b.jpg", rgb, quality=95)
+    _save(root / "sub" / "deeper" / "c.webp", rgb)
+    _save(root / "d.PNG", Image.new("RGBA", (20, 20), (0, 0, 0, 0)))  # fully transparent
+    _save(root / "e.png", rgb.convert("P"))
+    _save(root / "f.jpeg", rgb.convert("L"))
+    _save(root / "g.png", Image.fromarray(np.full((8, 8), 65535, np.uint16)))  # 16-bit grey
+    _save(root / "h.jpg", rgb.convert("CMYK"))
+    _save(root / "wide.png", _thirds())
+    (root / "bad.png").write_bytes(b"this is not an image")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def test_image_folder_modes_crop_and_skip(folder, capsys):
+    ds = ImageFolder(str(folder), 16, split="all")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 1 unreadable image(s)" in err[0] and str(folder) in err[0]
+    assert "bad.png" in err[0]
+    assert len(ds) == 9 and ds.attr_names == [] and "sub/deeper/c.webp" in ds.files
+    for i in range(len(ds)):
+        image, attrs = ds[i]
+        assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and attrs.shape == (0,)
+        assert image.min() >= -1 and image.max() <= 1
+    image = dict(zip(ds.files, (ds[i][0] for i in range(len(ds)))))
+    assert image["d.PNG"].min() > 0.99  # transparency composited on white
+    assert image["g.png"].min() > 0.99  # 16-bit white stays white
+    wide = image["wide.png"]  # centre crop keeps the green middle third only
+    assert wide[1].mean() > 0.95 and wide[0].max() < -0.8 and wide[2].max() < -0.8
+
+
+def test_image_folder_split(tmp_path):
+    for i in range(205):
+        _save(tmp_path / f"{i:03d}.png", Image.new("RGB", (4, 4)))
+    train, test = ImageFolder(str(tmp_path), 8, "train"), ImageFolder(str(tmp_path), 8, "test")
+    assert test.files == ["000.png", "100.png", "200.png"]
+    assert len(train) == 202 and not set(train.files) & set(test.files)
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "nope", lambda p: p])
+def test_make_dataset_missing_or_empty(tmp_path, make):
+    root = make(tmp_path)
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(DatasetError) as e:
+        make_dataset("mine", 16, data_dir=str(root))
+    assert str(root) in str(e.value) and "img_align_celeba" in str(e.value)
+
+
+def test_make_dataset_folder_with_n(folder):
+    ds = make_dataset("mine", 8, data_dir=str(folder), split="all", n=4)
+    assert len(ds) == 4 and ds[3][0].shape == (3, 8, 8) and ds.files == sorted(ds.files)
+
+
+def test_labels_csv_joined(folder, capsys):
+    ds = ImageFolder(str(folder), 8, split="all")
+    csv = folder.parent / "labels.csv"
+    csv.write_text("file,Smiling,yaw\na.png,1,0.25\nsub/b.jpg,0,-3.5\nmissing.png,1,1\n")
+    names, table = read_label_csv(str(csv))
+    assert names == ["Smiling", "yaw"] and table["b"] == [0.0, -3.5]
+    capsys.readouterr()
+    labeled = with_labels(ds, str(csv))
+    assert "dropped 7 image(s)" in capsys.readouterr().err
+    assert labeled.attr_names == ["Smiling", "yaw"] and labeled.files == ["a.png", "sub/b.jpg"]
+    assert labeled[1][1].tolist() == [0.0, -3.5] and labeled[1][0].shape == (3, 8, 8)
+    csv.write_text("file,Smiling\na.png,yes\n")
+    with pytest.raises(DatasetError, match="line 2"):
+        read_label_csv(str(csv))
+
+
+def test_celebahq_attribute_file_beside_folder(tmp_path):
+    root = tmp_path / "CelebA-HQ-img"
+    for i in range(3):
+        _save(root / f"{i}.jpg", Image.new("RGB", (32, 32), (i * 80, 0, 0)))
+    (tmp_path / "CelebAMask-HQ-attribute-anno.txt").write_text(
+        "2\nSmiling Bald\n0.jpg  1 -1\n2.jpg  -1 1\n")
+    ds = ImageFolder(str(root), 8, split="all")
+    assert ds.attr_names == ["Smiling", "Bald"] and ds.files == ["0.jpg", "2.jpg"]
+    assert ds[0][1].tolist() == [1.0, 0.0] and ds[1][1].tolist() == [0.0, 1.0]
+
+
+# -----------------------------------------------------------------------------
+# CelebA and LMDB
+
+NAMES = [f"attr{k}" for k in range(38)] + ["Smiling", "Young"]
+
+
+def _celeba_image(value):
+    """178x218 aligned-CelebA-sized: green inside the official crop box, red outside."""
+    a = np.zeros((218, 178, 3), np.uint8)
+    a[..., 0] = 255
+    l, t, r, b = data.CELEBA_CROP
+    a[t:b, l:r] = (0, 255, value)
+    return Image.fromarray(a)
+
+
+def test_celeba_layout(tmp_path):
+    rows = []
+    for i in range(3):
+        _save(tmp_path / "img_align_celeba" / f"{i + 1:06d}.jpg", _celeba_image(i * 100), quality=95)
+        rows.append(f"{i + 1:06d}.jpg " + " ".join(["-1"] * 38 + ["1" if i == 1 else "-1", " 1"]))
+    (tmp_path / "list_attr_celeba.txt").write_text("3\n" + " ".join(NAMES) + "\n" + "\n".join(rows) + "\n")
+    ds = make_dataset("celeba", 16, data_dir=str(tmp_path), split="all")
+    assert isinstance(ds, CelebA) and len(ds) == 3 and ds.attr_names == NAMES
+    assert ds.attrs[:, -2].tolist() == [0, 1, 0] and ds.attrs[:, -1].tolist() == [1, 1, 1]
+    image = ds[2][0]
+    assert image.shape == (3, 16, 16) and image[0].max() < -0.6 and image[1].min() > 0.6  # the crop
+    (tmp_path / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 1\n000003.jpg 2\n")
+    assert CelebA(str(tmp_path), 16, "train").files == ["000001.jpg"]
+    assert CelebA(str(tmp_path), 16, "test").files == ["000003.jpg"]
+
+
+@pytest.mark.parametrize("prefix,width", [("256", 5), ("None", 7)])
+def test_lmdb_round_trip(tmp_path, prefix, width):
+    lmdb = pytest.importorskip("lmdb")
+    path = tmp_path / "ffhq256.lmdb"
+    images = [Image.new("RGB", (64, 48), (200, 10 * i, 0)) for i in range(3)]
+    if prefix == "None":  # the official celeba LMDB holds uncropped aligned images
+        images = [_celeba_image(0)] * 3
+    with lmdb.open(str(path), map_size=2**24) as env, env.begin(write=True) as txn:
+        for i, img in enumerate(images):
+            buf = io.BytesIO()
+            img.save(buf, format="webp" if prefix == "None" else "jpeg", quality=100, lossless=True)
+            txn.put(f"{prefix}-{str(i).zfill(width)}".encode(), buf.getvalue())
+        txn.put(b"length", b"3")
+    ds = make_dataset("ffhq", 16, data_dir=str(path), split="all")
+    assert isinstance(ds, LMDBImages) and len(ds) == 3 and ds.files == ["0", "1", "2"]
+    image, attrs = ds[2]
+    assert image.shape == (3, 16, 16) and attrs.shape == (0,)
+    if prefix == "256":
+        expect = torch.tensor([200, 20, 0]) / 127.5 - 1
+        assert torch.allclose(image.mean((1, 2)), expect, atol=0.05)
+    else:
+        assert image[1].min() > 0.9 and image[0].max() < -0.9  # celeba64 crop applied
+    assert len(LMDBImages(str(path), 16, "test")) == 1
