@@ -29,9 +29,9 @@ class DiffAE(nn.Module):
         """The noise predictor eps_theta(x_t, t, z_sem) as the sampler sees it: a function of (x_t, t)."""
         return lambda x, t: self.unet(x, t, z)
 
-    def loss(self, x0, generator=None):
+    def loss(self, x0, t=None, noise=None):
         """Diff-AE Eq. 6: the simple DDPM loss with z_sem = Enc(x0); encoder and decoder trained jointly."""
-        return self.diffusion.loss(self.eps_fn(self.encoder(x0)), x0, generator=generator)
+        return self.diffusion.loss(self.eps_fn(self.encoder(x0)), x0, t, noise)
 
     def encode(self, x0):
         """z_sem = Enc(x0)."""

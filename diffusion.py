@@ -24,12 +24,25 @@ def beta_schedule(name, T):
     raise ValueError(f"unknown beta schedule {name!r}: use 'linear', 'cosine' or 'const'")
 
 
-def space_timesteps(T, steps):
-    """The `steps` original timesteps an evenly strided sampler visits (guided-diffusion's rule)."""
+def space_timesteps(T, steps, rule="ddim"):
+    """The sorted original timesteps a `steps`-step sampler visits.
+
+    rule="ddim": the official Diff-AE sampler's (guided-diffusion's "ddimN"): the smallest integer
+    stride s with len(range(0, T, s)) == steps, e.g. 0, 100, ..., 900 for 10 steps; when no integer
+    stride fits (say 600 of 1000) it falls back to the even rule.
+    rule="even": guided-diffusion's space_timesteps(T, [steps]): round(i * (T - 1) / (steps - 1)),
+    e.g. 0, 111, ..., 999; the official code uses it for DDPM sampling.
+    """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    if rule == "ddim":
+        for stride in range(1, T + 1):
+            if len(range(0, T, stride)) == steps:
+                return list(range(0, T, stride))
+    elif rule != "even":
+        raise ValueError(f"unknown respacing rule {rule!r}: use 'ddim' or 'even'")
     stride = (T - 1) / (steps - 1) if steps > 1 else 1
-    return sorted({round(i * stride) for i in range(steps)})  # Python's round: as the official code
+    return sorted({round(i * stride) for i in range(steps)})  # Python's round, as the official code
 
 
 def _bcast(a, x):
@@ -38,13 +51,13 @@ def _bcast(a, x):
 
 
 class Diffusion:
-    def __init__(self, T=1000, schedule="linear"):
-        self.T, self.schedule = T, schedule
+    def __init__(self, T=1000, schedule="linear", respacing="ddim"):
+        self.T, self.schedule, self.respacing = T, schedule, respacing
         self.betas = beta_schedule(schedule, T)                  # (T,) float64
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)   # alphabar_t, (T,) float64
 
     def __repr__(self):
-        return f"Diffusion(T={self.T}, schedule={self.schedule!r})"
+        return f"Diffusion(T={self.T}, schedule={self.schedule!r}, respacing={self.respacing!r})"
 
     def ab(self, t):
         return self.alphas_cumprod[t.cpu()]
@@ -102,9 +115,9 @@ class Diffusion:
 
     # --- samplers ------------------------------------------------------------------------
 
-    def respace(self, steps):
+    def respace(self, steps, rule=None):
         """The sorted original timesteps used by a `steps`-step sampler (LongTensor)."""
-        return torch.tensor(space_timesteps(self.T, steps), dtype=torch.long)
+        return torch.tensor(space_timesteps(self.T, steps, rule or self.respacing), dtype=torch.long)
 
     def ddim_step(self, eps_fn, x, t, ab_to, clip=True):
         """One deterministic DDIM move (eta = 0) from x at timestep t to the noise level ab_to.
@@ -153,7 +166,7 @@ class Diffusion:
 
     def ddpm_sample(self, eps_fn, x_T, steps=None, clip=True, generator=None):
         """Ancestral sampling: x_{t-1} ~ N(posterior mean at the predicted x0, Sigma_t), respaced if steps < T."""
-        ts = self.respace(steps or self.T)
+        ts = self.respace(steps or self.T, rule="even")  # the official DDPM respacing
         ab_seq = self.alphas_cumprod[ts]
         x = x_T
         for i in reversed(range(len(ts))):

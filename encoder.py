@@ -52,3 +52,44 @@ class SemanticEncoder(nn.Module):
         for block in self.input_blocks:
             h = block(h)
         return self.out(self.middle_block(h))  # (B, z_dim)
+
+
+@dataclass
+class PDAEEncoderConfig:
+    res: int = 128
+    ch: int = 64
+    ch_mult: tuple = (1, 2, 4, 4, 4)  # one stride-2 conv per entry: 128 -> 4 (official FFHQ-128: 64,128,256,256,256)
+    attn_res: tuple = (16,)           # feature-map resolutions followed by self-attention
+    num_heads: int = 4
+    z_dim: int = 512
+    in_ch: int = 3
+
+
+class PDAEEncoder(nn.Module):
+    """PDAE §3.3's encoder: stacked stride-2 convolutions (GroupNorm + SiLU between) and one linear layer to z.
+
+    No time input and no residual blocks: PDAE finds this enough, since the frozen DPM already
+    knows how to denoise and z only has to say which image it is.
+    """
+
+    def __init__(self, cfg: PDAEEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        n_down = len(cfg.ch_mult)
+        if cfg.res % 2 ** n_down:
+            raise ValueError(f"res {cfg.res} is not divisible by 2^{n_down} (one halving per ch_mult entry)")
+        layers, ch_in, res = [], cfg.in_ch, cfg.res
+        for i, mult in enumerate(cfg.ch_mult):
+            if i > 0:
+                layers += [normalization(ch_in), nn.SiLU()]
+            ch_out, res = cfg.ch * mult, res // 2
+            layers.append(nn.Conv2d(ch_in, ch_out, 3, stride=2, padding=1))  # (B, ch_out, res, res)
+            if res in cfg.attn_res:
+                layers.append(AttentionBlock(ch_out, cfg.num_heads))
+            ch_in = ch_out
+        layers += [normalization(ch_in), nn.SiLU(), nn.Flatten(),  # (B, C * res * res)
+                   nn.Linear(ch_in * res * res, cfg.z_dim)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)  # (B, z_dim)

@@ -55,13 +55,26 @@ def test_q_sample_mean_and_variance(seed, schedule):
     assert torch.allclose(xt.var(0), (1 - ab).expand(3, 4, 4), rtol=0.06, atol=1e-4)
 
 
-@pytest.mark.parametrize("steps", [1, 2, 10, 37, 100, 1000])
-def test_respace_rule(steps):
-    ts = Diffusion(1000).respace(steps)
-    assert len(ts) == steps and ts[0] == 0 and (steps == 1 or ts[-1] == 999)
-    assert torch.all(ts[1:] > ts[:-1])
+@pytest.mark.parametrize("steps", [1, 2, 10, 37, 100, 600, 1000])
+def test_respace_rules(steps):
+    even = Diffusion(1000, respacing="even").respace(steps)
+    assert len(even) == steps and even[0] == 0 and (steps == 1 or even[-1] == 999)
+    assert torch.all(even[1:] > even[:-1])
+    ddim = Diffusion(1000).respace(steps)
+    assert len(ddim) == steps and ddim[0] == 0 and torch.all(ddim[1:] > ddim[:-1])
+    strides = (ddim[1:] - ddim[:-1]).unique()
+    if len(range(0, 1000, 1000 // steps)) == steps or steps == 1:  # an integer stride exists: the official rule
+        assert len(strides) <= 1
+    else:
+        assert torch.equal(ddim, even)  # no integer stride: falls back to the even rule
     with pytest.raises(ValueError):
         space_timesteps(10, 11)
+
+
+def test_ddim_rule_examples():
+    assert space_timesteps(1000, 10) == list(range(0, 1000, 100))
+    assert space_timesteps(1000, 20) == list(range(0, 1000, 50))
+    assert space_timesteps(1000, 10, "even")[:3] == [0, 111, 222]
 
 
 @pytest.mark.parametrize("steps", [5, 20])
@@ -137,7 +150,7 @@ def test_ddim_matches_official_sampler():
     if not os.path.exists(path):
         pytest.skip("official fixtures not found beside the repository")
     r = torch.load(path, weights_only=True)
-    d = Diffusion(1000, "linear")
+    d = Diffusion(1000, "linear", respacing="even")  # this fixture was made with the even rule
     f = lambda x, t: 0.5 * torch.tanh(x) + 0.1 * torch.cos(t.float() / 200)[:, None, None, None]
     for N in (10, 20, 50, 100):
         assert torch.equal(d.respace(N), r[f"respace_{N}"].long())

@@ -1,0 +1,399 @@
+"""The one inference entry point: each subcommand makes one figure or table of the papers.
+
+    python sample.py --ckpt runs/diffae-toyfaces32/ckpt.pt reconstruct   # Diff-AE Fig. 3/10
+    python sample.py --ckpt CKPT interpolate     # lerp z_sem, slerp x_T (§5.2, Fig. 4d)
+    python sample.py --ckpt CKPT vary            # one z_sem, several random x_T (Fig. 3)
+    python sample.py --ckpt CKPT predict-x0      # predicted x0 along a T=10 run (Fig. 6)
+    python sample.py --ckpt CKPT eval            # reconstruction MSE/SSIM at T=10..100 (Table 2)
+
+Everything is rebuilt from the checkpoint alone (it records its dataset and preset); official
+Diff-AE checkpoints are read directly. Outputs go under --out (default: beside the checkpoint).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import checkpoint
+
+
+# --- pictures -------------------------------------------------------------------------------
+
+def to_uint8(x):
+    """[-1, 1] NCHW -> uint8 NHWC."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(path, rows, pad=2):
+    """Save rows of images (a list of [N, 3, H, W] tensors in [-1, 1]) as one PNG grid."""
+    n = max(r.shape[0] for r in rows)
+    H, W = rows[0].shape[-2:]
+    canvas = np.full((len(rows) * (H + pad) + pad, n * (W + pad) + pad, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, im in enumerate(to_uint8(r)):
+            canvas[pad + i * (H + pad): pad + i * (H + pad) + H, pad + j * (W + pad): pad + j * (W + pad) + W] = im
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    scale = max(1, 256 // H) if H < 128 else 1  # small toy images are upscaled so a person can see them
+    img = Image.fromarray(canvas)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    return path
+
+
+# --- the two codes --------------------------------------------------------------------------
+
+def eps_fn(kind, model, z=None):
+    """The noise predictor the sampler sees, for a checkpoint kind."""
+    if kind == "ddim":
+        return lambda x, t: model(x, t)
+    return model.eps_fn(z)
+
+
+def encode(kind, model, d, x, steps):
+    """x0 -> (z_sem, x_T): z from the encoder, x_T by DDIM inversion given z (Diff-AE Eq. 8)."""
+    z = model.encode(x) if kind != "ddim" else None
+    return z, d.ddim_invert(eps_fn(kind, model, z), x, steps)
+
+
+def decode(kind, model, d, z, x_T, steps):
+    return d.ddim_sample(eps_fn(kind, model, z), x_T, steps)
+
+
+def reconstruction_rows(kind, model, d, x, steps, seed=0):
+    """[input, reconstruction from inferred x_T, reconstruction from random x_T (Diff-AE only)]."""
+    with torch.inference_mode():
+        z, x_T = encode(kind, model, d, x, steps)
+        rows = [x, decode(kind, model, d, z, x_T, steps)]
+        if kind != "ddim":
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+            rows.append(decode(kind, model, d, z, noise, steps))
+    return rows
+
+
+# --- data the checkpoint knows ----------------------------------------------------------------
+
+def held_out(ck, n, args):
+    """n held-out images (and attributes) of the checkpoint's dataset, or the user's --images."""
+    import data
+    tc = ck["config"].get("train", {})
+    res = tc.get("res") or ck["config"]["unet"]["res"]
+    if args.images:
+        try:
+            x = torch.stack([data.square_resize(data.load_rgb(f), res) for f in args.images])
+        except OSError as e:
+            raise SystemExit(usage(f"cannot read --images: {e}"))
+        return x, torch.zeros(len(x), 0), []
+    name = args.data or tc.get("data")
+    if name is None:
+        raise SystemExit(usage(f"this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR] or --images FILE ..."))
+    try:
+        ds = data.make_dataset(name, res, data_dir=args.data_dir or tc.get("data_dir"), split="test", seed=tc.get("seed", 0))
+    except data.DatasetError as e:
+        raise SystemExit(usage(str(e)))
+    if hasattr(ds, "tensors"):
+        X, Y = ds.tensors()
+        return X[:n], Y[:n], list(ds.attr_names)
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]), list(ds.attr_names)
+
+
+def usage(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+# --- subcommands ----------------------------------------------------------------------------
+
+def cmd_reconstruct(kind, model, d, ck, args):
+    x, _, _ = held_out(ck, args.n, args)
+    rows = reconstruction_rows(kind, model, d, x.to(args.device), args.steps, args.seed)
+    path = save_grid(os.path.join(args.out, f"reconstruct_T{args.steps}.png"), rows)
+    print(f"wrote {path}: rows = input | inferred x_T" + (" | random x_T" if kind != "ddim" else ""))
+
+
+def cmd_interpolate(kind, model, d, ck, args):
+    from diffusion import lerp, slerp
+    x, _, _ = held_out(ck, 2 * args.n, args)
+    x = x.to(args.device)
+    a, b = x[0::2][:args.n], x[1::2][:args.n]
+    alphas = torch.linspace(0, 1, args.frames).tolist()
+    rows = []
+    with torch.inference_mode():
+        za, xa = encode(kind, model, d, a, args.steps)
+        zb, xb = encode(kind, model, d, b, args.steps)
+        for i in range(len(a)):
+            frames = []
+            for al in alphas:  # Diff-AE §5.2: Lerp on z_sem, Slerp on x_T
+                z = lerp(za[i:i + 1], zb[i:i + 1], al) if za is not None else None
+                frames.append(decode(kind, model, d, z, slerp(xa[i:i + 1], xb[i:i + 1], al), args.steps))
+            rows.append(torch.cat(frames))
+    path = save_grid(os.path.join(args.out, f"interpolate_T{args.steps}.png"), rows)
+    print(f"wrote {path}: each row goes from one held-out image to another in {args.frames} frames")
+
+
+def cmd_vary(kind, model, d, ck, args):
+    if kind == "ddim":
+        raise SystemExit(usage("vary needs a semantic code: use a Diff-AE or PDAE checkpoint"))
+    x, _, _ = held_out(ck, args.n, args)
+    x = x.to(args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    rows = []
+    with torch.inference_mode():
+        z = model.encode(x)
+        for i in range(len(x)):
+            zi = z[i:i + 1].expand(args.frames, -1)
+            noise = torch.randn((args.frames,) + x.shape[1:], generator=g).to(x.device)
+            rows.append(torch.cat([x[i:i + 1], decode(kind, model, d, zi, noise, args.steps)]))
+    path = save_grid(os.path.join(args.out, f"vary_T{args.steps}.png"), rows)
+    print(f"wrote {path}: each row = input, then {args.frames} decodings of its z_sem with random x_T")
+
+
+def cmd_predict_x0(kind, model, d, ck, args):
+    x, _, _ = held_out(ck, args.n, args)
+    x = x.to(args.device)
+    rows = []
+    with torch.inference_mode():
+        z, x_T = encode(kind, model, d, x, args.steps)
+        preds = []
+        d.ddim_sample(eps_fn(kind, model, z), x_T, args.steps, on_step=lambda t, xt, x0: preds.append(x0))
+        for i in range(len(x)):
+            rows.append(torch.cat([x[i:i + 1]] + [p[i:i + 1] for p in preds]))
+    path = save_grid(os.path.join(args.out, f"predict_x0_T{args.steps}.png"), rows)
+    print(f"wrote {path}: each row = input, then the predicted x0 at each of the {args.steps} steps from its inferred x_T")
+
+
+def cmd_eval(kind, model, d, ck, args):
+    """Diff-AE Table 2: reconstruction MSE / SSIM at several T, with inferred and with random x_T."""
+    import metrics
+    x, y, names = held_out(ck, args.n, args)
+    steps_list = [int(s) for s in args.T.split(",")]
+    results = {"checkpoint": args.ckpt, "kind": kind, "n_images": len(x), "rows": []}
+    g = torch.Generator().manual_seed(args.seed)
+    for steps in steps_list:
+        for xT_mode in (["inferred", "random"] if kind != "ddim" else ["inferred"]):
+            mse, ssim, recs = [], [], []
+            t0 = time.time()
+            with torch.inference_mode():
+                for xb in x.split(args.batch_size):
+                    xb = xb.to(args.device)
+                    z = model.encode(xb) if kind != "ddim" else None
+                    if xT_mode == "inferred":
+                        x_T = d.ddim_invert(eps_fn(kind, model, z), xb, steps)
+                    else:
+                        x_T = torch.randn(xb.shape, generator=g).to(xb.device)
+                    rec = decode(kind, model, d, z, x_T, steps)
+                    mse.append(metrics.mse(rec, xb).cpu())
+                    ssim.append(metrics.ssim(rec, xb).cpu())
+                    recs.append(rec.cpu())
+            row = dict(T=steps, x_T=xT_mode, mse=float(torch.cat(mse).mean()), ssim=float(torch.cat(ssim).mean()),
+                       seconds=round(time.time() - t0, 1))
+            if names and args.judge and xT_mode == "random":  # do random-x_T reconstructions keep the attributes?
+                judge = metrics.attribute_judge(x.shape[-1], device="cpu")
+                acc = metrics.attribute_accuracy(judge, torch.cat(recs), y)
+                row["attribute_balanced_accuracy"] = acc
+            results["rows"].append(row)
+            print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}  ({row['seconds']}s)", flush=True)
+    if names and kind != "ddim" and args.probe:
+        results["probe"] = probe(model, ck, args)
+        print(f"linear probe on z_sem: mean balanced accuracy {results['probe']['mean']:.3f} over {len(names)} attributes")
+    path = os.path.join(args.out, "eval.json")
+    os.makedirs(args.out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+
+
+def probe(model, ck, args):
+    """A logistic-regression probe on z_sem: trained on encoded training images, scored on held-out ones."""
+    import classifier
+    import data
+    tc = ck["config"]["train"]
+    tr = data.make_dataset(tc["data"], tc["res"], data_dir=tc.get("data_dir"), split="train", seed=tc.get("seed", 0))
+    te = data.make_dataset(tc["data"], tc["res"], data_dir=tc.get("data_dir"), split="test", seed=tc.get("seed", 0))
+    (Xtr, Ytr), (Xte, Yte) = tr.tensors(), te.tensors()
+    Xtr, Ytr = Xtr[:args.probe_train], Ytr[:args.probe_train]
+    with torch.inference_mode():
+        ztr = torch.cat([model.encode(b.to(args.device)).cpu() for b in Xtr.split(256)])
+        zte = torch.cat([model.encode(b.to(args.device)).cpu() for b in Xte.split(256)])
+    res = classifier.probe_accuracy(ztr, Ytr, zte, Yte)
+    res["attributes"] = list(tr.attr_names)
+    return res
+
+
+def cmd_gap(kind, model, d, ck, args):
+    """PDAE Fig. 5 right: the posterior mean gap at each t, pre-trained DPM vs PDAE (gap.png + gap.json)."""
+    import math
+
+    import pdae
+    from PIL import ImageDraw
+    if kind != "pdae":
+        raise SystemExit(usage("gap is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    x, _, _ = held_out(ck, args.n, args)
+    ts = d.respace(min(args.steps, d.T)).tolist()  # --steps evenly spaced t
+    g = torch.Generator().manual_seed(args.seed)
+    sums, n = None, 0
+    with torch.inference_mode():
+        for xb in x.split(args.batch_size):
+            r = pdae.posterior_mean_gap(model, lambda a, t: model.unet(a, t), d, xb.to(args.device), ts, generator=g)
+            part = {k: torch.tensor(r[k]) * len(xb) for k in ("pretrained", "pdae")}
+            sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+            n += len(xb)
+    res = {"t": ts, "pretrained": (sums["pretrained"] / n).tolist(), "pdae": (sums["pdae"] / n).tolist(),
+           "n_images": n, "what": "mean over images and pixels of (true posterior mean - predicted mean)^2"}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gap.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    # a log-scale line plot drawn with Pillow
+    W, H, L, R, TOP, BOT = 640, 400, 70, 20, 30, 50
+    img = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(img)
+    logs = {k: [float(torch.tensor(v).clamp(min=1e-12).log10()) for v in res[k]] for k in ("pretrained", "pdae")}
+    lo, hi = min(min(v) for v in logs.values()), max(max(v) for v in logs.values())
+    lo, hi = math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)
+    px = lambda t: L + (W - L - R) * t / max(d.T - 1, 1)
+    py = lambda v: H - BOT - (H - TOP - BOT) * (v - lo) / (hi - lo)
+    dr.rectangle([L, TOP, W - R, H - BOT], outline="black")
+    for e in range(lo, hi + 1):
+        dr.line([L - 4, py(e), L, py(e)], fill="black")
+        dr.text((5, py(e) - 6), f"1e{e}", fill="black")
+    for t in range(0, d.T, max(1, d.T // 5)):
+        dr.line([px(t), H - BOT, px(t), H - BOT + 4], fill="black")
+        dr.text((px(t) - 8, H - BOT + 8), str(t), fill="black")
+    dr.text((W // 2 - 10, H - 20), "t", fill="black")
+    for (k, colour), row in zip((("pretrained", (40, 90, 200)), ("pdae", (210, 40, 40))), range(2)):
+        dr.line([(px(t), py(v)) for t, v in zip(ts, logs[k])], fill=colour, width=2)
+        dr.text((L + 10, TOP + 8 + 14 * row), "pre-trained DPM" if k == "pretrained" else "PDAE", fill=colour)
+    dr.text((L, 8), f"posterior mean gap ({n} images)", fill="black")
+    path = os.path.join(args.out, "gap.png")
+    img.save(path)
+    print(f"wrote {path} and gap.json: mean gap pre-trained {sum(res['pretrained']) / len(ts):.3e}, "
+          f"PDAE {sum(res['pdae']) / len(ts):.3e} over {len(ts)} timesteps")
+
+
+def cmd_denoise_one_step(kind, model, d, ck, args):
+    """PDAE Fig. 5 left: x0 predicted from x_t in one step by the pre-trained DPM and by PDAE."""
+    import pdae
+    if kind != "pdae":
+        raise SystemExit(usage("denoise-one-step is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    x, _, _ = held_out(ck, args.n, args)
+    x = x.to(args.device)
+    ts = [round((i + 1) * (d.T - 1) / args.frames) for i in range(args.frames)]  # --frames timesteps up to T-1
+    with torch.inference_mode():
+        xs, pre, shifted = pdae.denoise_one_step(model, x, ts, generator=torch.Generator().manual_seed(args.seed))
+    rows = []
+    for i in range(len(x)):
+        for seq in (xs, pre, shifted):
+            rows.append(torch.cat([x[i:i + 1]] + [s[i:i + 1] for s in seq]))
+    path = save_grid(os.path.join(args.out, "denoise_one_step.png"), rows)
+    print(f"wrote {path}: per image three rows, each starting with the input: x_t | one-step x0 of the "
+          f"pre-trained DPM | of PDAE, at t = {ts}")
+
+
+def cmd_reconstruct_ddpm(kind, model, d, ck, args):
+    """PDAE Fig. 6: input | DDIM from inferred x_T | DDIM from random x_T | DDPM (Eq. 5), --steps steps each."""
+    if kind != "pdae":
+        raise SystemExit(usage("reconstruct-ddpm is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    x, _, _ = held_out(ck, args.n, args)
+    x = x.to(args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    with torch.inference_mode():
+        z = model.encode(x)
+        noise = torch.randn(x.shape, generator=g).to(x.device)
+        rows = [x, model.decode(z, model.encode_stochastic(x, z, args.steps), args.steps),
+                model.decode(z, noise, args.steps), model.decode_ddpm(z, noise, args.steps, generator=g)]
+    path = save_grid(os.path.join(args.out, f"reconstruct_ddpm_T{args.steps}.png"), rows)
+    print(f"wrote {path}: rows = input | DDIM, inferred x_T | DDIM, random x_T | DDPM (mean shifted by Sigma G)")
+
+
+def cmd_interpolate_g(kind, model, d, ck, args):
+    """PDAE Fig. 7: per pair, row 1 guides by G(x_t, Lerp(z1, z2)), row 2 by Lerp(G(x_t, z1), G(x_t, z2))."""
+    from diffusion import lerp, slerp
+    if kind != "pdae":
+        raise SystemExit(usage("interpolate-g is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    x, _, _ = held_out(ck, 2 * args.n, args)
+    x = x.to(args.device)
+    a, b = x[0::2][:args.n], x[1::2][:args.n]
+    alphas = torch.linspace(0, 1, args.frames).tolist()
+    rows = []
+    with torch.inference_mode():
+        za, zb = model.encode(a), model.encode(b)
+        xa, xb = model.encode_stochastic(a, za, args.steps), model.encode_stochastic(b, zb, args.steps)
+        for i in range(len(a)):
+            by_z, by_g = [a[i:i + 1]], [a[i:i + 1]]
+            for al in alphas:  # both start from Slerp(x_T^1, x_T^2)
+                x_T = slerp(xa[i:i + 1], xb[i:i + 1], al)
+                by_z.append(model.decode(lerp(za[i:i + 1], zb[i:i + 1], al), x_T, args.steps))
+                by_g.append(d.ddim_sample(model.eps_fn_lerp_g(za[i:i + 1], zb[i:i + 1], al), x_T, args.steps))
+            rows += [torch.cat(by_z + [b[i:i + 1]]), torch.cat(by_g + [b[i:i + 1]])]
+    path = save_grid(os.path.join(args.out, f"interpolate_g_T{args.steps}.png"), rows)
+    print(f"wrote {path}: per pair, input, {args.frames} frames, input; row 1 guided by G(x_t, Lerp(z1, z2)), "
+          f"row 2 by Lerp(G(x_t, z1), G(x_t, z2))")
+
+
+def cmd_guidance(kind, model, d, ck, args):
+    """PDAE Fig. 9: scale G by 0, 0.5, ..., 3 (truncation-like effect); labels y for a label-conditioned PDAE."""
+    import pdae
+    if kind != "pdae":
+        raise SystemExit(usage("guidance is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    x, y, _ = held_out(ck, args.n, args)
+    label = isinstance(model.encoder, pdae.LabelEmbedding)
+    if label and y.shape[1] != model.encoder.n_labels:
+        raise SystemExit(usage(f"this PDAE is conditioned on {model.encoder.n_labels} labels; the held-out data has {y.shape[1]}"))
+    scales = [0.5 * i for i in range(7)]
+    x = x.to(args.device)
+    with torch.inference_mode():
+        z = model.encode(y.to(args.device) if label else x)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed)).to(x.device)
+        cols = [model.decode(z, noise, args.steps, scale=s) for s in scales]
+    rows = [torch.cat([x[i:i + 1]] + [c[i:i + 1] for c in cols]) for i in range(len(x))]
+    path = save_grid(os.path.join(args.out, f"guidance_T{args.steps}.png"), rows)
+    print(f"wrote {path}: each row = the image whose {'labels' if label else 'z'} guide, then DDIM from one random "
+          f"x_T with G scaled by {scales}")
+
+
+COMMANDS = {"reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "vary": cmd_vary,
+            "predict-x0": cmd_predict_x0, "eval": cmd_eval,
+            "gap": cmd_gap, "denoise-one-step": cmd_denoise_one_step, "reconstruct-ddpm": cmd_reconstruct_ddpm,
+            "interpolate-g": cmd_interpolate_g, "guidance": cmd_guidance}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="our checkpoint or an official Diff-AE .ckpt")
+    ap.add_argument("command", choices=list(COMMANDS))
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps T (default 100; 10 for predict-x0)")
+    ap.add_argument("--n", type=int, default=None, help="number of images (default 8; 256 for eval)")
+    ap.add_argument("--frames", type=int, default=7, help="interpolate/vary: images per row")
+    ap.add_argument("--T", default="10,20,50,100", help="eval: comma-separated DDIM step counts")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--no-probe", dest="probe", action="store_false", help="eval: skip the linear probe on z_sem")
+    ap.add_argument("--no-judge", dest="judge", action="store_false", help="eval: skip the attribute judge")
+    ap.add_argument("--probe-train", type=int, default=5000, help="eval: training images for the probe")
+    ap.add_argument("--images", nargs="+", default=None, help="your own image files instead of held-out data")
+    ap.add_argument("--data", default=None, help="dataset to draw held-out images from (default: the checkpoint's)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+    args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
+    args.n = args.n or (256 if args.command == "eval" else 8)
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.out = args.out or os.path.dirname(os.path.abspath(args.ckpt))
+    torch.manual_seed(args.seed)
+    try:
+        ck = checkpoint.load(args.ckpt)
+    except checkpoint.CheckpointError as e:
+        return usage(str(e))
+    model = checkpoint.build(ck).to(args.device)
+    d = checkpoint.diffusion(ck)
+    COMMANDS[args.command](ck["kind"], model, d, ck, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

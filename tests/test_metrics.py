@@ -1,0 +1,218 @@
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import metrics
+from metrics import (AttributeNet, attribute_accuracy, attribute_judge, balanced_accuracy,
+                     frechet_distance, mse, psnr, ssim, ssim_map, toy_frechet_distance)
+
+
+def images(n=4, c=3, h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, h, w, generator=g) * 2 - 1
+
+
+# ----------------------------------------------------------------------------
+# MSE, PSNR
+
+
+def test_mse_psnr_of_constant_offset():
+    a = images() * 0.8  # room for the offset inside [-1, 1]
+    b = a + 0.2  # 0.2 on the [-1, 1] scale is 0.1 on [0, 1]
+    assert torch.allclose(mse(a, b), torch.full((4,), 0.01), atol=1e-6)
+    assert torch.allclose(psnr(a, b), torch.full((4,), 20.0), atol=1e-3)
+
+
+def test_mse_is_per_image_and_psnr_of_identical_is_inf():
+    a = images()
+    b = a.clone()
+    b[1] = -b[1]
+    assert mse(a, b).shape == (4,)
+    assert mse(a, b)[0] == 0 and mse(a, b)[1] > 0
+    assert torch.isinf(psnr(a, a)).all()
+
+
+# ----------------------------------------------------------------------------
+# SSIM
+
+
+def test_ssim_of_identical_is_one():
+    a = images()
+    assert torch.allclose(ssim(a, a), torch.ones(4), atol=1e-5)
+
+
+def test_ssim_is_symmetric_and_bounded():
+    a, b = images(seed=0), images(seed=1)
+    assert torch.allclose(ssim(a, b), ssim(b, a), atol=1e-6)
+    for y in (b, -a, torch.zeros_like(a)):
+        s = ssim_map(a, y)
+        assert (s >= -1 - 1e-5).all() and (s <= 1 + 1e-5).all()
+
+
+def test_ssim_decreases_with_noise():
+    # smooth images, so noise is what lowers structural similarity
+    a = torch.nn.functional.avg_pool2d(images(h=64, w=64), 4, 1, padding=2)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(a.shape, generator=g)
+    scores = [ssim(a, (a + s * noise).clamp(-1, 1)).mean().item() for s in (0, 0.05, 0.2, 0.5)]
+    assert all(x > y for x, y in zip(scores, scores[1:])), scores
+
+
+def test_ssim_of_constant_images_matches_closed_form():
+    # flat images have zero variance: SSIM = luminance term (2 mu_a mu_b + C1)/(mu_a^2 + mu_b^2 + C1)
+    # float64: in float32, blur(x^2) - blur(x)^2 cancels to ~1e-7, visible next to C2
+    a = torch.full((1, 3, 32, 32), 0.4, dtype=torch.float64)
+    b = torch.full((1, 3, 32, 32), -0.2, dtype=torch.float64)
+    ua, ub, C1 = 0.7, 0.4, 0.01**2  # on [0, 1]
+    want = (2 * ua * ub + C1) / (ua**2 + ub**2 + C1)
+    interior = ssim_map(a, b)[..., 5:-5, 5:-5]  # zero padding reaches 5 pixels in
+    assert torch.allclose(interior, torch.full_like(interior, want), atol=1e-9)
+
+
+@pytest.mark.parametrize("i, j", [(8, 8), (0, 3)])  # an interior pixel, a zero-padded border one
+def test_ssim_map_matches_explicit_weighted_sums(i, j):
+    x = (images(1, 1, 16, 16, seed=3).double().numpy()[0, 0] + 1) / 2
+    y = (images(1, 1, 16, 16, seed=4).double().numpy()[0, 0] + 1) / 2
+    k = np.arange(11) - 5
+    g = np.exp(-k**2 / (2 * 1.5**2))
+    w = np.outer(g, g) / g.sum()**2
+    px, py = np.pad(x, 5)[i:i + 11, j:j + 11], np.pad(y, 5)[i:i + 11, j:j + 11]
+    mx, my = (w * px).sum(), (w * py).sum()
+    vx, vy = (w * px * px).sum() - mx**2, (w * py * py).sum() - my**2
+    cxy = (w * px * py).sum() - mx * my
+    C1, C2 = 0.01**2, 0.03**2
+    want = (2 * mx * my + C1) * (2 * cxy + C2) / ((mx**2 + my**2 + C1) * (vx + vy + C2))
+    a = torch.from_numpy(x * 2 - 1)[None, None]
+    b = torch.from_numpy(y * 2 - 1)[None, None]
+    assert ssim_map(a, b)[0, 0, i, j].item() == pytest.approx(want, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Frechet distance
+
+
+def gaussian_samples(mu, var, n=500, seed=0):
+    # samples whose sample mean and (unbiased) covariance are exactly mu and diag(var)
+    z = np.random.default_rng(seed).standard_normal((n, len(mu)))
+    z -= z.mean(0)
+    L = np.linalg.cholesky(np.cov(z, rowvar=False))
+    z = z @ np.linalg.inv(L).T
+    return z * np.sqrt(var) + mu
+
+
+def test_frechet_distance_of_identical_sets_is_zero():
+    f = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance(f, f) == pytest.approx(0, abs=1e-8)
+
+
+def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
+    mu1, mu2 = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, -0.5])
+    v1, v2 = np.array([1.0, 4.0, 0.25, 2.0]), np.array([9.0, 1.0, 0.25, 0.5])
+    a, b = gaussian_samples(mu1, v1, seed=1), gaussian_samples(mu2, v2, seed=2)
+    want = ((mu1 - mu2)**2).sum() + (v1 + v2 - 2 * np.sqrt(v1 * v2)).sum()
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-8)
+
+
+def test_frechet_distance_matches_product_eigenvalues_symmetric_nonnegative():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 8, generator=g) @ torch.randn(8, 8, generator=g)
+    b = torch.randn(300, 8, generator=g) @ torch.randn(8, 8, generator=g) + 1
+    # tr sqrt(S_a S_b) also equals the sum of square roots of the product's eigenvalues
+    A, B = a.double().numpy(), b.double().numpy()
+    Sa, Sb = np.cov(A, rowvar=False), np.cov(B, rowvar=False)
+    tr_sqrt = np.sqrt(np.linalg.eigvals(Sa @ Sb).real.clip(0)).sum()
+    want = ((A.mean(0) - B.mean(0))**2).sum() + np.trace(Sa) + np.trace(Sb) - 2 * tr_sqrt
+    d = frechet_distance(a, b)
+    assert d == pytest.approx(want, rel=1e-6)
+    assert d == pytest.approx(frechet_distance(b, a), rel=1e-9)
+    assert d >= 0
+    # low rank covariances (fewer samples than dims) must not give nan or negative
+    assert frechet_distance(a[:5], a[5:10]) >= 0
+
+
+# ----------------------------------------------------------------------------
+# balanced accuracy
+
+
+def test_balanced_accuracy_closed_cases():
+    t = torch.tensor([1, 1, 0, 0, 0, 0])
+    assert balanced_accuracy(t, t) == 1.0
+    assert balanced_accuracy(t, 1 - t) == 0.0
+    # a constant predictor is at chance whatever the base rate
+    assert balanced_accuracy(t, torch.ones(6)) == 0.5
+    assert balanced_accuracy(t, torch.zeros(6)) == 0.5
+    # TPR 1/2, TNR 3/4
+    assert balanced_accuracy(t, torch.tensor([1, 0, 0, 0, 0, 1])) == pytest.approx(0.625)
+    # one class absent: only the other rate is defined
+    assert balanced_accuracy([1, 1, 1, 1], [1, 1, 0, 0]) == 0.5
+    assert balanced_accuracy([0, 0, 0], [0, 0, 0]) == 1.0
+    assert math.isnan(balanced_accuracy([], []))
+
+
+# ----------------------------------------------------------------------------
+# attribute judge
+
+
+@pytest.mark.parametrize("res", [16, 64])
+def test_attribute_net_shapes(res):
+    torch.manual_seed(0)
+    net = AttributeNet(n_attrs=8)
+    x = images(2, 3, res, res)
+    f = net.features(x)
+    assert f.shape == (2, net.feature_dim) and 128 <= net.feature_dim <= 256
+    assert net(x).shape == (2, 8)
+
+
+def test_attribute_judge_caches_and_reloads(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    trained = AttributeNet(n_attrs=3, attributes=["A", "B", "C"]).eval()
+    calls = []
+    monkeypatch.setattr(metrics, "train_attribute_net",
+                        lambda res, **kw: calls.append(res) or trained)
+    j1 = attribute_judge(16, cache_dir=str(tmp_path))
+    j2 = attribute_judge(16, cache_dir=str(tmp_path))
+    assert calls == [16]  # trained once, then loaded
+    assert os.listdir(tmp_path) == ["toyfaces_judge_res16.pt"]  # no temp file left
+    x = images(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(j1(x), j2(x))
+    assert j2.attributes == ["A", "B", "C"]
+
+
+def test_attribute_accuracy_and_toy_frechet_distance_run_batched():
+    torch.manual_seed(0)
+    net = AttributeNet(n_attrs=2, attributes=["A", "B"]).eval()
+    x = images(10, 3, 16, 16)
+    acc = attribute_accuracy(net, x, torch.randint(0, 2, (10, 2)).float(), batch_size=3)
+    assert set(acc) == {"A", "B"} and all(0 <= v <= 1 for v in acc.values())
+    assert toy_frechet_distance(x, x, net, batch_size=3) == pytest.approx(0, abs=1e-6)
+    y = images(10, 3, 16, 16, seed=1) * 0.3
+    d3, d256 = toy_frechet_distance(x, y, net, batch_size=3), toy_frechet_distance(x, y, net)
+    assert d3 > 0 and d3 == pytest.approx(d256, rel=1e-4)
+
+
+def test_fid_without_backends_says_what_to_install():
+    try:
+        import torchmetrics  # noqa: F401
+        pytest.skip("torchmetrics installed")
+    except ImportError:
+        pass
+    try:
+        import pytorch_fid  # noqa: F401
+        pytest.skip("pytorch-fid installed")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="pip install"):
+        metrics.fid(images(2), images(2))
+
+
+def test_small_judge_beats_chance_on_held_out_toyfaces():
+    data = pytest.importorskip("data")
+    net = metrics.train_attribute_net(32, n_train=600, steps=150, log_every=0)
+    x, y = data.ToyFaces(32, 400, seed=0, split="test").tensors()
+    acc = attribute_accuracy(net, x, y)
+    assert set(acc) == set(data.ToyFaces.ATTRIBUTES)
+    assert sum(acc.values()) / len(acc) > 0.75, acc
