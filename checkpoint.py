@@ -48,6 +48,8 @@ def load(path):
             f"{path!r} needs arbitrary unpickling to load; it is refused (only plain tensors and "
             f"types are read, with weights_only=True). Re-save it as a plain state dict. Detail: {str(e)[:300]}")
     except Exception as e:  # truncated or not a torch file at all
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path!r} is not a torch checkpoint (not a torch.save archive)")
         raise CheckpointError(f"{path!r} is not a readable torch checkpoint ({type(e).__name__}: {e})")
     if isinstance(raw, dict) and raw.get("kind") in KINDS and "config" in raw:
         return raw

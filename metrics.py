@@ -179,7 +179,9 @@ def train_attribute_net(res, n_train=2000, steps=300, batch_size=64, lr=2e-3, se
 
 def attribute_judge(res, cache_dir="data/cache", device="cpu"):
     """The toyfaces judge for resolution `res`: loaded from `cache_dir` or trained and cached."""
-    path = os.path.join(cache_dir, f"toyfaces_judge_res{res}.pt")
+    from data import ToyFaces
+    # the renderer's version is in the name: a judge of old faces must not judge new ones
+    path = os.path.join(cache_dir, f"toyfaces-v{ToyFaces.VERSION}-judge-res{res}.pt")
     if os.path.exists(path):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         net = AttributeNet(**ck["config"])

@@ -156,7 +156,9 @@ class GradientEstimator(nn.Module):
     def forward(self, hs, emb, z):
         """hs: the frozen UNet's encode_half outputs; emb: its time embedding; z: (B, z_dim)."""
         c = self.z_embed(z)  # (B, E)
-        hs = list(hs)
+        # torch's CPU GroupNorm backward segfaults on a channels-last input that needs no grad
+        # (the frozen skips of NHWC images, e.g. toyfaces'): give it a contiguous copy there
+        hs = [h.contiguous() if h.device.type == "cpu" else h for h in hs]
         h = self._run(self.middle_block, hs[-1], emb, c)
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb, c)  # (B, C + C_skip, H, W)
@@ -190,6 +192,11 @@ def _col(c, x):
     return c.to(device=x.device, dtype=torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
 
 
+def _tuples(d):
+    """A config dict with lists (as a checkpoint may hold them) back to the dataclasses' tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
 def weights_sha256(state_dict):
     """A content hash of network weights: names, dtypes, shapes and bytes."""
     h = hashlib.sha256()
@@ -213,15 +220,15 @@ class PDAE(nn.Module):
         if unet_cfg.cond_dim is not None:
             raise ValueError("PDAE needs an unconditional pre-trained UNet (cond_dim=None)")
         self.unet = UNet(unet_cfg).requires_grad_(False).eval()  # eps_theta: frozen, always in eval mode
+        label = isinstance(encoder, LabelEmbedding)
         self.encoder = encoder
-        self.G = GradientEstimator(unet_cfg, encoder.z_dim if hasattr(encoder, "z_dim") else encoder.cfg.z_dim)
+        self.G = GradientEstimator(unet_cfg, encoder.z_dim if label else encoder.cfg.z_dim)
         self.diffusion = diffusion or Diffusion()
         self.latent = None  # the optional latent DDIM over z (latent_ddim.LatentDDIM), for unconditional sampling
         self.gamma = gamma
         self.weights = loss_weights(self.diffusion, gamma)          # lambda_t, Eq. 10
         self.ddpm_coef = mean_shift_coef(self.diffusion)            # c_t of Eq. 5 and 7
         self.ddim_coef = ddim_shift_coef(self.diffusion)            # sqrt(1 - alphabar_t) of Eq. 6
-        label = isinstance(encoder, LabelEmbedding)
         self.config = {
             "unet": asdict(unet_cfg),
             "encoder": {"n_labels": encoder.n_labels, "z_dim": encoder.z_dim} if label else asdict(encoder.cfg),
@@ -232,13 +239,12 @@ class PDAE(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         """The untrained PDAE a checkpoint's config describes (extra keys, e.g. "train", are kept)."""
-        unet_cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["unet"].items()})
         pc = cfg.get("pdae", {})
         if pc.get("condition", "image") == "label":
             encoder = LabelEmbedding(**cfg["encoder"])
         else:
-            encoder = PDAEEncoder(PDAEEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                       for k, v in cfg["encoder"].items()}))
+            encoder = PDAEEncoder(PDAEEncoderConfig(**_tuples(cfg["encoder"])))
+        unet_cfg = UNetConfig(**_tuples(cfg["unet"]))
         model = cls(unet_cfg, encoder, Diffusion(**cfg.get("diffusion", {})), pc.get("gamma", 0.1))
         model.config = {**model.config, **cfg}
         return model
@@ -435,7 +441,7 @@ def build_for_training(args, p):
     if ck["kind"] != "ddim":
         _fail(f"--pretrained {path} is a {ck['kind']!r} checkpoint; PDAE needs an unconditional DDIM "
               f"(kind 'ddim': train.py --model ddim, or an official Diff-AE DDIM baseline)")
-    unet_cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ck["config"]["unet"].items()})
+    unet_cfg = UNetConfig(**_tuples(ck["config"]["unet"]))
     if args.res is not None and args.res != unet_cfg.res:
         _fail(f"--pretrained {path} was trained at {unet_cfg.res}x{unet_cfg.res}; pass --res {unet_cfg.res}")
     unet_cfg.grad_checkpoint = bool(getattr(args, "grad_checkpoint", False))  # for G only: the UNet is frozen
@@ -454,6 +460,7 @@ def build_for_training(args, p):
     model = PDAE(unet_cfg, encoder, checkpoint.diffusion(ck), p.get("gamma", 0.1))
     model.unet.load_state_dict(pretrained.state_dict())
     config = dict(model.config)
+    config["diffusion"] = dict(ck["config"].get("diffusion", config["diffusion"]))  # as the DPM was trained
     config["pdae"] = {**config["pdae"], "pretrained_path": str(path), "pretrained_sha256": sha}
     model.config = config
     return model, config

@@ -34,12 +34,25 @@ PRESETS = {
     "bedroom128": dict(PAPER, res=128, batch_size=128, ch=128, ch_mult=(1, 1, 2, 3, 4), enc_ch_mult=(1, 1, 2, 3, 4, 4), images=120_000_000),
     "ffhq256":    dict(PAPER, res=256, batch_size=64, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), enc_ch_mult=(1, 1, 2, 2, 4, 4, 4), images=90_000_000),
     # CPU presets: ~12 minutes on 2 cores (toy32), ~1 minute (tiny16, for smoke tests and classes)
-    "toy32":  dict(res=32, batch_size=32, lr=2e-4, ema=0.999, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+    "toy32":  dict(res=32, batch_size=32, lr=2e-4, ema=0.995, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                    attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, images=48_000),
-    "tiny16": dict(res=16, batch_size=16, lr=2e-4, ema=0.99, dropout=0.0, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+    "tiny16": dict(res=16, batch_size=16, lr=2e-4, ema=0.98, dropout=0.0, ch=16, ch_mult=(1, 2), num_res_blocks=1,
                    attn_res=(), enc_ch_mult=(1, 2, 2), embed_dim=64, z_dim=32, images=3_200),
 }
 PAPER_BY_RES = {64: "ffhq64", 128: "ffhq128", 256: "ffhq256"}
+
+# The latent DDIM (Table 6), keyed by the autoencoder's preset: "images" counts z_sem trained.
+LATENT_PAPER = dict(hidden=2048, num_layers=10, lr=1e-4, weight_decay=0.01, ema=0.9999)
+LATENT_PRESETS = {
+    "celeba64":   dict(LATENT_PAPER, batch_size=512, images=300_000_000),
+    "ffhq64":     dict(LATENT_PAPER, batch_size=256, images=100_000_000),
+    "ffhq128":    dict(LATENT_PAPER, batch_size=256, images=100_000_000),
+    "ffhq256":    dict(LATENT_PAPER, batch_size=256, images=100_000_000),
+    "horse128":   dict(LATENT_PAPER, num_layers=20, weight_decay=0.0, batch_size=2048, images=2_000_000_000),
+    "bedroom128": dict(LATENT_PAPER, num_layers=20, weight_decay=0.0, batch_size=2048, images=2_000_000_000),
+    "toy32":  dict(hidden=512, num_layers=10, lr=1e-3, weight_decay=0.01, ema=0.999, batch_size=256, images=1_280_000),
+    "tiny16": dict(hidden=128, num_layers=4, lr=1e-3, weight_decay=0.01, ema=0.99, batch_size=64, images=6_400),
+}
 
 
 def pick_preset(args):
@@ -179,8 +192,7 @@ def setup_distributed(device_arg):
 def main(argv=None):
     args = parse_args(argv)
     if args.model == "latent":
-        import latent_ddim
-        return latent_ddim.train_main(args)
+        return train_latent(args)
     rank, world, device = setup_distributed(args.device)
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
@@ -348,6 +360,96 @@ def main(argv=None):
         log(f"done: {step} steps, {(step - step0) * p['batch_size'] / max(took, 1e-9):.1f} img/s on average over "
             f"{fmt_time(took)}. Checkpoint {ck_path}, previews and log.jsonl in {args.out}/.\n"
             f"next: python sample.py --ckpt {ck_path} reconstruct   (or eval, interpolate, vary, predict-x0)")
+    return 0
+
+
+def train_latent(args):
+    """Second stage (Diff-AE §4): encode the training set once with the frozen autoencoder, then fit
+    the latent DDIM to those codes. The output checkpoint holds both, so sample.py needs only it."""
+    from latent_ddim import LatentDDIM, LatentNetConfig
+    import data
+    if not args.ckpt:
+        raise SystemExit(usage_error("--model latent needs --ckpt AUTOENCODER.pt (a diffae or pdae checkpoint)"))
+    try:
+        ck = checkpoint.load(args.ckpt)
+    except checkpoint.CheckpointError as e:
+        raise SystemExit(usage_error(str(e)))
+    if ck["kind"] not in ("diffae", "pdae"):
+        raise SystemExit(usage_error(f"{args.ckpt} is a {ck['kind']} checkpoint; the latent DDIM needs an autoencoder (diffae or pdae)"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tc = ck["config"].get("train", {})
+    data_name = args.data if args.data != "toyfaces" or not tc.get("data") else tc["data"]
+    res = tc.get("res") or ck["config"]["unet"]["res"]
+    preset = args.preset or tc.get("preset") or PAPER_BY_RES.get(res, "ffhq128")
+    p = dict(LATENT_PRESETS.get(preset, LATENT_PRESETS["ffhq128"]))
+    for k in ("batch_size", "lr", "ema"):
+        if getattr(args, k) is not None:
+            p[k] = getattr(args, k)
+    steps = args.steps or max(1, p["images"] // p["batch_size"])
+    out = args.out or os.path.join("runs", f"latent-{data_name}{res}")
+    os.makedirs(out, exist_ok=True)
+    try:
+        ds = data.make_dataset(data_name, res, data_dir=args.data_dir or tc.get("data_dir"), split="train",
+                               n=args.n_train or tc.get("n_train"), seed=tc.get("seed", args.seed))
+    except data.DatasetError as e:
+        raise SystemExit(usage_error(str(e)))
+
+    model = checkpoint.build(ck).to(device)
+    print(f"encoding {len(ds)} training images with the frozen encoder ...", flush=True)
+    zs, t0 = [], time.time()
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=args.workers or 0)
+    with torch.inference_mode():
+        for i, (x, _) in enumerate(loader):
+            zs.append(model.encode(x.to(device)).float().cpu())
+            if time.time() - t0 > 10 or i == len(loader) - 1:
+                print(f"  encoded {sum(len(z) for z in zs)}/{len(ds)}", flush=True)
+                t0 = time.time()
+    z_all = torch.cat(zs)  # (N, z_dim)
+
+    torch.manual_seed(args.seed)
+    latent = LatentDDIM(LatentNetConfig(z_dim=z_all.shape[1], hidden=p["hidden"], num_layers=p["num_layers"])).to(device)
+    latent.set_stats(z_all.to(device))
+    z_all = z_all.to(device)
+    ema = {k: v.detach().clone() for k, v in latent.state_dict().items()}
+    opt = torch.optim.AdamW(latent.net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])  # Table 6
+    print(f"latent DDIM: {sum(q.numel() for q in latent.parameters()) / 1e6:.2f}M parameters, batch {p['batch_size']} x "
+          f"{steps} steps, {device}; run folder {out}", flush=True)
+    logf = open(os.path.join(out, "log.jsonl"), "a")
+    t_last, t_start, loss_sum, loss_n = time.time(), time.time(), 0.0, 0
+    for step in range(1, steps + 1):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(z_all), (p["batch_size"],), generator=g).to(device)
+        t = torch.randint(0, latent.diffusion.T, (p["batch_size"],), generator=g).to(device)
+        noise = torch.randn((p["batch_size"], z_all.shape[1]), generator=g).to(device)
+        loss = latent.loss(z_all[idx], t, noise)  # Diff-AE Eq. 9 (L1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(latent.net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            sd = latent.state_dict()
+            keys = [k for k in ema if ema[k].dtype.is_floating_point]
+            torch._foreach_lerp_([ema[k] for k in keys], [sd[k] for k in keys], 1 - p["ema"])
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        if time.time() - t_last >= args.log_every or step == steps:
+            rec = dict(step=step, loss=loss_sum / loss_n, elapsed_s=round(time.time() - t_start, 1))
+            print(f"latent step {step}/{steps}  L1 {rec['loss']:.4f}  "
+                  f"ETA {fmt_time((steps - step) * (time.time() - t_start) / step)}", flush=True)
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            t_last, loss_sum, loss_n = time.time(), 0.0, 0
+
+    # one file: the autoencoder as it was, plus the latent DDIM under "latent.*"
+    new = dict(ck)
+    new["config"] = dict(ck["config"], latent=latent.config)
+    new["config"]["latent_train"] = dict(preset=preset, hparams=p, steps=steps, source=os.path.abspath(args.ckpt))
+    for key, src in (("ema", ema), ("model", latent.state_dict())):
+        base = {k: v for k, v in (ck.get(key) or ck["model"]).items() if not k.startswith("latent.")}
+        new[key] = dict(base, **{f"latent.{k}": v.detach().cpu() for k, v in src.items()})
+    path = os.path.join(out, "ckpt.pt")
+    checkpoint.save(path, new)
+    print(f"done: {path} holds the autoencoder and its latent DDIM.\n"
+          f"next: python sample.py --ckpt {path} sample   (or manipulate, conditional, eval)")
     return 0
 
 

@@ -10,6 +10,15 @@ from metrics import (AttributeNet, attribute_accuracy, attribute_judge, balanced
                      frechet_distance, mse, psnr, ssim, ssim_map, toy_frechet_distance)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # on a shared 2-core machine one thread is ~3x faster than two fighting others; same results
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def images(n=4, c=3, h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, c, h, w, generator=g) * 2 - 1
@@ -167,6 +176,7 @@ def test_attribute_net_shapes(res):
 
 
 def test_attribute_judge_caches_and_reloads(tmp_path, monkeypatch):
+    data = pytest.importorskip("data")
     torch.manual_seed(0)
     trained = AttributeNet(n_attrs=3, attributes=["A", "B", "C"]).eval()
     calls = []
@@ -175,7 +185,8 @@ def test_attribute_judge_caches_and_reloads(tmp_path, monkeypatch):
     j1 = attribute_judge(16, cache_dir=str(tmp_path))
     j2 = attribute_judge(16, cache_dir=str(tmp_path))
     assert calls == [16]  # trained once, then loaded
-    assert os.listdir(tmp_path) == ["toyfaces_judge_res16.pt"]  # no temp file left
+    # one file, no temp file left behind
+    assert os.listdir(tmp_path) == [f"toyfaces-v{data.ToyFaces.VERSION}-judge-res16.pt"]
     x = images(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(j1(x), j2(x))
@@ -209,10 +220,14 @@ def test_fid_without_backends_says_what_to_install():
         metrics.fid(images(2), images(2))
 
 
-def test_small_judge_beats_chance_on_held_out_toyfaces():
+def test_small_judge_beats_chance_on_held_out_toyfaces(tmp_path, monkeypatch):
     data = pytest.importorskip("data")
-    net = metrics.train_attribute_net(32, n_train=600, steps=150, log_every=0)
-    x, y = data.ToyFaces(32, 400, seed=0, split="test").tensors()
+    monkeypatch.chdir(tmp_path)  # ToyFaces caches its renders under ./data/cache
+    net = metrics.train_attribute_net(16, n_train=400, steps=60, batch_size=32, width=16,
+                                      log_every=0)
+    x, y = data.ToyFaces(16, 400, seed=0, split="test").tensors()
     acc = attribute_accuracy(net, x, y)
     assert set(acc) == set(data.ToyFaces.ATTRIBUTES)
-    assert sum(acc.values()) / len(acc) > 0.75, acc
+    # a few seconds of training: colours are learned first, shapes (smile, glasses) later
+    assert sum(acc.values()) / len(acc) > 0.62, acc
+    assert acc["Black_Hair"] > 0.85 and acc["Pale_Skin"] > 0.85, acc

@@ -161,6 +161,14 @@ def test_training_leaves_the_pretrained_weights_bit_exact_and_trains_the_encoder
     assert any(not torch.equal(a, b) for a, b in zip(enc0, model.encoder.parameters()))
 
 
+def test_backward_with_channels_last_images():
+    """Datasets hand out NHWC-strided images; torch's CPU GroupNorm backward used to crash on G's frozen input."""
+    model = make().train()
+    x = images(2).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last strides
+    model.loss(x, None, torch.tensor([10, 80])).backward()
+    assert model.G.out[-1].weight.grad.abs().sum() > 0
+
+
 def test_frozen_unet_has_no_dropout_in_train_mode():
     model = make(trained_G=True).train()
     x, t, z = torch.randn(2, 3, 16, 16), torch.tensor([40, 70]), torch.randn(2, 8)

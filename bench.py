@@ -1,0 +1,185 @@
+"""Benchmark: training step, DDIM sampling and inversion, FLOPs and memory, for any preset.
+
+    python bench.py                                  # toy32 Diff-AE on this machine's CPU
+    python bench.py --preset ffhq128 --device cuda --peak-tflops 800 --json bench.json
+    python bench.py --official /path/to/diffae       # also time the official Diff-AE model, same architecture
+
+Times are medians over --iters synchronised repetitions after --warmup. FLOPs are counted once
+with torch.utils.flop_counter (forward + backward of one training step). --official takes a
+checkout of github.com/phizaz/diffae (nothing of it is part of this repository) and times its
+BeatGANs UNet / autoencoder built with the same hyper-parameters, in the same process.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import checkpoint
+import train
+from diffusion import Diffusion
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def official_model(path, kind, p, res):
+    """The official BeatGANs network with our preset's hyper-parameters (imported from a user's checkout)."""
+    sys.path.insert(0, os.path.abspath(path))
+    try:
+        from model.unet import BeatGANsUNetConfig
+        from model.unet_autoenc import BeatGANsAutoencConfig
+    except ImportError as e:
+        raise SystemExit(f"error: cannot import the official model from {path} ({e}); "
+                         f"pass a checkout of github.com/phizaz/diffae")
+    common = dict(image_size=res, in_channels=3, model_channels=p["ch"], out_channels=3, num_res_blocks=p["num_res_blocks"],
+                  embed_channels=p["embed_dim"], attention_resolutions=tuple(p["attn_res"]), dropout=p["dropout"],
+                  channel_mult=tuple(p["ch_mult"]), resblock_updown=True, num_heads=1)
+    if kind == "ddim":
+        return BeatGANsUNetConfig(**common).make_model(), lambda m, x, t, x0: m(x, t).pred
+    cfg = BeatGANsAutoencConfig(**common, resnet_two_cond=True, enc_out_channels=p["z_dim"], enc_pool="adaptivenonzero",
+                                enc_num_res_block=p["num_res_blocks"], enc_channel_mult=tuple(p["enc_ch_mult"]),
+                                enc_attn_resolutions=tuple(p["attn_res"]))
+    return cfg.make_model(), lambda m, x, t, x0: m(x, t, x_start=x0).pred
+
+
+def bench_train(model, forward, args, device, amp_dtype, res, B):
+    """Median seconds of one training step (forward, backward, clip, Adam) and its FLOPs."""
+    d = Diffusion()
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(B, 3, res, res, generator=g) * 2 - 1).to(device)
+    noise = torch.randn(B, 3, res, res, generator=g).to(device)
+    t = torch.randint(0, 1000, (B,), generator=g).to(device)
+    if device.type == "cuda" and args.channels_last:
+        x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = (forward(model, d.q_sample(x0, t, noise), t, x0).float() - noise).square().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return timed(step, device, args.warmup, args.iters), fc.get_total_flops()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="toy32", choices=list(train.PRESETS))
+    ap.add_argument("--model", default="diffae", choices=["ddim", "diffae"])
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--grad-checkpoint", action="store_true")
+    ap.add_argument("--sample-T", default="20,100", help="DDIM step counts to time sampling and inversion at")
+    ap.add_argument("--sample-batch", type=int, default=None, help="images per sampling batch (default: the training batch)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the achieved fraction (MFU)")
+    ap.add_argument("--official", default=None, help="a checkout of phizaz/diffae to time beside ours")
+    ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    p = train.PRESETS[args.preset]
+    res, B = p["res"], args.batch_size or p["batch_size"]
+    cuda = device.type == "cuda"
+    amp_dtype = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp] if cuda else None
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    rows = []
+
+    def report(name, model, forward):
+        model.to(device).train()
+        if cuda and args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        run = torch.compile(forward) if args.compile else forward
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        sec, flops = bench_train(model, run, args, device, amp_dtype, res, B)
+        row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
+                   train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
+                   achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
+                   params_m=sum(q.numel() for q in model.parameters()) / 1e6)
+        if args.peak_tflops:
+            row["mfu"] = row["achieved_tflops"] / args.peak_tflops
+        rows.append(row)
+        print(f"{name:>10s}: train {B / sec:8.1f} img/s  ({sec * 1e3:.0f} ms/step, batch {B})  "
+              f"{row['gflop_per_image']:.1f} GFLOP/img  {row['achieved_tflops']:.2f} TFLOP/s"
+              + (f"  MFU {row['mfu']:.1%}" if args.peak_tflops else "") + f"  peak mem {row['peak_memory_mb']:.0f} MB", flush=True)
+        return row
+
+    if not args.skip_ours:
+        unet_cfg, enc_cfg = train.model_configs(args.model, p, res)
+        unet_cfg.grad_checkpoint = args.grad_checkpoint
+        ck = {"kind": args.model, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),
+                                                 diffusion={"T": 1000, "schedule": "linear"})}
+        model = checkpoint.make_model(ck)
+        forward = (lambda m, x, t, x0: m(x, t)) if args.model == "ddim" else (lambda m, x, t, x0: m.unet(x, t, m.encoder(x0)))
+        row = report("ours", model, forward)
+        # sampling and inversion throughput, in inference mode with the same autocast
+        model.eval()
+        d = Diffusion()
+        SB = args.sample_batch or B
+        x0 = torch.rand(SB, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            z = model.encoder(x0) if args.model == "diffae" else None
+            f = (lambda x, t: model(x, t)) if args.model == "ddim" else (lambda x, t: model.unet(x, t, z))
+            for T in [int(s) for s in args.sample_T.split(",")]:
+                s_sample = timed(lambda: d.ddim_sample(f, torch.randn_like(x0), T), device, 1, max(1, args.iters // 3))
+                s_invert = timed(lambda: d.ddim_invert(f, x0, T), device, 1, max(1, args.iters // 3))
+                row[f"ddim{T}_sample_images_per_s"] = SB / s_sample
+                row[f"ddim{T}_invert_images_per_s"] = SB / s_invert
+                print(f"{'':>10s}  DDIM T={T}: sample {SB / s_sample:8.1f} img/s, invert {SB / s_invert:8.1f} img/s "
+                      f"(batch {SB})", flush=True)
+    if args.official:
+        model, forward = official_model(args.official, args.model, p, res)
+        off = report("official", model, forward)
+        if not args.skip_ours:
+            ratio = rows[0]["train_images_per_s"] / off["train_images_per_s"]
+            print(f"ours / official training throughput: {ratio:.2f}x")
+            rows[0]["speedup_vs_official"] = ratio
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

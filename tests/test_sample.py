@@ -1,0 +1,63 @@
+"""sample.py: every subcommand runs from a checkpoint alone and writes its figure or table."""
+import json
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import classifier
+import sample
+import train
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    os.chdir(tmp)  # data/cache lands here
+    common = ["--preset", "tiny16", "--n-train", "256", "--device", "cpu", "--log-every", "1000", "--batch-size", "8"]
+    assert train.main(common + ["--steps", "3", "--out", str(tmp / "ae")]) == 0
+    assert train.main(common + ["--steps", "3", "--out", str(tmp / "ddim"), "--model", "ddim"]) == 0
+    assert train.main(["--model", "latent", "--ckpt", str(tmp / "ae" / "ckpt.pt"), "--steps", "20",
+                       "--out", str(tmp / "lat"), "--log-every", "1000"]) == 0
+    return tmp
+
+
+@pytest.mark.parametrize("cmd", [["reconstruct"], ["interpolate", "--frames", "3"], ["vary", "--frames", "2"],
+                                 ["predict-x0"], ["sample"], ["manipulate", "--attr", "Smiling"]])
+def test_figures(ckpts, cmd):
+    out = ckpts / "figs"
+    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), *cmd, "--steps", "3", "--n", "2", "--out", str(out),
+                        "--probe-train", "64"]) == 0
+    assert any(f.endswith(".png") for f in os.listdir(out))
+
+
+def test_eval_writes_table2_rows(ckpts):
+    out = ckpts / "eval"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--T", "2,3", "--n", "4", "--out", str(out),
+                        "--no-judge", "--probe-train", "64"]) == 0
+    res = json.load(open(out / "eval.json"))
+    assert [(r["T"], r["x_T"]) for r in res["rows"]] == [(2, "inferred"), (2, "random"), (3, "inferred"), (3, "random")]
+    assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 for r in res["rows"])
+    assert 0 <= res["probe"]["mean"] <= 1
+    assert sample.main(["--ckpt", str(ckpts / "ddim" / "ckpt.pt"), "eval", "--T", "2", "--n", "4", "--out",
+                        str(ckpts / "eval_ddim")]) == 0
+    assert [r["x_T"] for r in json.load(open(ckpts / "eval_ddim" / "eval.json"))["rows"]] == ["inferred"]
+
+
+def test_manipulation_with_scale_zero_is_the_plain_reconstruction(ckpts):
+    ck = checkpoint.load(ckpts / "lat" / "ckpt.pt")
+    model, d = checkpoint.build(ck), checkpoint.diffusion(ck)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    direction = torch.nn.functional.normalize(torch.randn(model.latent.mean.shape[0]), dim=0)
+    with torch.inference_mode():
+        z, x_T = sample.encode("diffae", model, d, x, 4)
+        moved = classifier.manipulate(z, direction, 0.0, model.latent.mean, model.latent.std)
+        assert torch.equal(sample.decode("diffae", model, d, moved, x_T, 4), model.reconstruct(x, 4))
+
+
+def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    assert sample.main(["--ckpt", str(bad), "reconstruct"]) == 2
+    assert "not a torch checkpoint" in capsys.readouterr().err
