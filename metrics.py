@@ -147,7 +147,7 @@ class AttributeNet(nn.Module):
 
 
 def train_attribute_net(res, n_train=2000, steps=300, batch_size=64, lr=2e-3, seed=0,
-                        device="cpu", width=32, work_res=32, log_every=500):
+                        device="cpu", width=32, work_res=32, log_every=100):
     """Train an AttributeNet on toyfaces ground truth (split "train") with per-attribute BCE."""
     from data import ToyFaces  # imported here so metrics.py works without data.py
     torch.manual_seed(seed)
