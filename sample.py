@@ -360,7 +360,10 @@ def generate(kind, model, d, n, args, z=None):
                 raise SystemExit(usage("this checkpoint has no latent DDIM; train one with "
                                        "python train.py --model latent --ckpt THIS.pt"))
             zi = z[i:i + m].to(args.device) if z is not None else model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device)
-            outs.append(decode(kind, model, d, zi, x_T, args.steps).cpu())
+            if kind == "pdae" and z is None:  # PDAE §4.8: no shift in the last 30% of steps for sampled z
+                outs.append(model.decode(zi, x_T, args.steps, shift_until=0.3).cpu())
+            else:
+                outs.append(decode(kind, model, d, zi, x_T, args.steps).cpu())
     return torch.cat(outs)
 
 

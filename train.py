@@ -165,6 +165,8 @@ def parse_args(argv=None):
     ap.add_argument("--resume", default=None, help="a checkpoint to continue, or 'auto' for OUT/ckpt.pt")
     ap.add_argument("--ckpt", default=None, help="--model latent: the trained autoencoder to encode with")
     ap.add_argument("--pretrained", default=None, help="--model pdae: the frozen pre-trained DDIM checkpoint")
+    ap.add_argument("--pdae-cond", default="image", choices=["image", "label"],
+                    help="--model pdae: learn z from images (representation learning) or condition G on labels (§4.6)")
     ap.add_argument("--n-train", type=int, default=None, help="toyfaces: training set size")
     ap.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: ~10 per run)")
     ap.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
@@ -470,6 +472,8 @@ def preview_batch(args, kind):
 
 def write_preview(kind, ck, x, path):
     import sample
+    if ck["config"].get("pdae", {}).get("condition") == "label":
+        return  # a label-conditioned PDAE has no image encoder to reconstruct with
     model = checkpoint.build(ck)
     rows = sample.reconstruction_rows(kind, model, checkpoint.diffusion(ck), x, steps=20, seed=0)
     sample.save_grid(path, rows)

@@ -20,6 +20,8 @@ def ckpts(tmp_path_factory):
     assert train.main(common + ["--steps", "3", "--out", str(tmp / "ddim"), "--model", "ddim"]) == 0
     assert train.main(["--model", "latent", "--ckpt", str(tmp / "ae" / "ckpt.pt"), "--steps", "20",
                        "--out", str(tmp / "lat"), "--log-every", "1000"]) == 0
+    assert train.main(common + ["--steps", "2", "--out", str(tmp / "pdae"), "--model", "pdae",
+                                "--pretrained", str(tmp / "ddim" / "ckpt.pt")]) == 0
     return tmp
 
 
@@ -29,6 +31,17 @@ def test_figures(ckpts, cmd):
     out = ckpts / "figs"
     assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), *cmd, "--steps", "3", "--n", "2", "--out", str(out),
                         "--probe-train", "64"]) == 0
+    assert any(f.endswith(".png") for f in os.listdir(out))
+
+
+@pytest.mark.parametrize("cmd", [["reconstruct"], ["gap", "--steps", "4"], ["denoise-one-step", "--frames", "3"],
+                                 ["reconstruct-ddpm"], ["interpolate-g", "--frames", "3"]])
+def test_pdae_figures(ckpts, cmd):
+    out = ckpts / "pdae_figs" / cmd[0]
+    args = ["--ckpt", str(ckpts / "pdae" / "ckpt.pt"), *cmd, "--n", "2", "--out", str(out)]
+    if "--steps" not in cmd:
+        args += ["--steps", "3"]
+    assert sample.main(args) == 0
     assert any(f.endswith(".png") for f in os.listdir(out))
 
 
