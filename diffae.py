@@ -7,7 +7,6 @@ An image is represented by two codes:
 Decoding (z_sem, x_T) with DDIM (Eq. 1) gives back x0 almost exactly. Decoding z_sem with a
 *random* x_T ~ N(0, I) (randn, not rand) keeps the semantics and redraws the details.
 """
-import torch
 from torch import nn
 
 from diffusion import Diffusion

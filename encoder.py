@@ -6,7 +6,6 @@ that loss, so the gradient pushes z to describe what the noisy x_t alone cannot 
 """
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from nn import AttentionBlock, EmbedSequential, ResBlock, normalization

@@ -17,16 +17,15 @@ feeds both eps_theta's decoder half and G's new middle/output blocks (Fig. 2).
 import hashlib
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from diffusion import Diffusion
 from encoder import PDAEEncoder, PDAEEncoderConfig
-from nn import AttentionBlock, EmbedSequential, ResBlock, ada_group_norm, normalization, zero_module
-from unet import UNet, UNetConfig
+from nn import AttentionBlock, ResBlock, ada_group_norm
+from unet import UNet, UNetConfig, decoder_half, run_block
 
 
 # --- schedule coefficients (float64, length T) ----------------------------------------------
@@ -84,16 +83,6 @@ def ddim_shift_coef(d):
 
 # --- the gradient estimator G_psi(x_t, z, t) ------------------------------------------------
 
-def skip_channels(cfg: UNetConfig):
-    """Channels of every input-block output of UNet(cfg), i.e. of the skips encode_half returns."""
-    chs = [cfg.ch * cfg.ch_mult[0]]
-    for level, mult in enumerate(cfg.ch_mult):
-        chs += [cfg.ch * mult] * cfg.num_res_blocks
-        if level < len(cfg.ch_mult) - 1:
-            chs.append(cfg.ch * mult)
-    return chs
-
-
 class ShiftResBlock(ResBlock):
     """ResBlock whose AdaGN scales and shifts twice, PDAE Eq. 9: z_s (t_s GroupNorm(h) + t_b) + z_b."""
 
@@ -132,26 +121,11 @@ class GradientEstimator(nn.Module):
         attn = lambda c: AttentionBlock(c, cfg.num_heads)
         self.z_embed = nn.Linear(z_dim, E)  # z -> the vector every block's (z_s, z_b) projection reads
 
-        skip_chs = skip_channels(cfg)
-        ch, res = skip_chs[-1], cfg.res // 2 ** (len(cfg.ch_mult) - 1)
-        self.middle_block = EmbedSequential(block(ch, ch), attn(ch), block(ch, ch))
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.ch_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [block(ch + skip_chs.pop(), cfg.ch * mult)]
-                ch = cfg.ch * mult
-                if res in cfg.attn_res:
-                    layers.append(attn(ch))
-                if level > 0 and i == cfg.num_res_blocks:
-                    layers.append(block(ch, ch, up=True))
-                    res *= 2
-                self.output_blocks.append(EmbedSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.in_ch, 3, padding=1)))
+        # the same middle/decoder/output layout as the pre-trained UNet's, with Eq. 9 blocks; out_ch = in_ch
+        self.middle_block, self.output_blocks, self.out = decoder_half(replace(cfg, out_ch=cfg.in_ch), block, attn)
 
     def _run(self, block, h, emb, c):
-        if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
-            return grad_checkpoint(block, h, emb, c, use_reentrant=False)
-        return block(h, emb, c)
+        return run_block(self, block, h, emb, c)
 
     def forward(self, hs, emb, z):
         """hs: the frozen UNet's encode_half outputs; emb: its time embedding; z: (B, z_dim)."""

@@ -89,7 +89,7 @@ def held_out(ck, n, args):
         return x, torch.zeros(len(x), 0), []
     name = args.data or tc.get("data")
     if name is None:
-        raise SystemExit(usage(f"this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR] or --images FILE ..."))
+        raise SystemExit(usage("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR] or --images FILE ..."))
     try:
         ds = data.make_dataset(name, res, data_dir=args.data_dir or tc.get("data_dir"), split="test", seed=tc.get("seed", 0))
     except data.DatasetError as e:

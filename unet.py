@@ -28,6 +28,46 @@ class UNetConfig:
     grad_checkpoint: bool = False  # recompute blocks in backward: less memory, ~30% slower
 
 
+def skip_channels(cfg: UNetConfig):
+    """Channels of every input-block output (the skips), in order: the conv, then per level its blocks and downsample."""
+    chs = [cfg.ch * cfg.ch_mult[0]]
+    for level, mult in enumerate(cfg.ch_mult):
+        chs += [cfg.ch * mult] * cfg.num_res_blocks
+        if level < len(cfg.ch_mult) - 1:
+            chs.append(cfg.ch * mult)
+    return chs
+
+
+def decoder_half(cfg: UNetConfig, block, attn):
+    """Middle block, output blocks (one per skip, deepest first) and output layer, built from `block`.
+
+    The UNet builds its own with this; PDAE's gradient estimator builds a second one with other blocks.
+    """
+    skip_chs = skip_channels(cfg)
+    ch, res = skip_chs[-1], cfg.res // 2 ** (len(cfg.ch_mult) - 1)
+    middle = EmbedSequential(block(ch, ch), attn(ch), block(ch, ch))
+    output_blocks = nn.ModuleList()
+    for level, mult in reversed(list(enumerate(cfg.ch_mult))):
+        for i in range(cfg.num_res_blocks + 1):
+            layers = [block(ch + skip_chs.pop(), cfg.ch * mult)]
+            ch = cfg.ch * mult
+            if res in cfg.attn_res:
+                layers.append(attn(ch))
+            if level > 0 and i == cfg.num_res_blocks:
+                layers.append(block(ch, ch, up=True))
+                res *= 2
+            output_blocks.append(EmbedSequential(*layers))
+    out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_ch, 3, padding=1)))
+    return middle, output_blocks, out
+
+
+def run_block(net, block, h, emb, cond):
+    """block(h, emb, cond), recomputed in backward when net.cfg.grad_checkpoint is set (less memory)."""
+    if net.cfg.grad_checkpoint and net.training and torch.is_grad_enabled():
+        return checkpoint(block, h, emb, cond, use_reentrant=False)
+    return block(h, emb, cond)
+
+
 class UNet(nn.Module):
     """eps_theta(x_t, t, z). Skip connections join each encoder-half output to one decoder block."""
 
@@ -41,7 +81,7 @@ class UNet(nn.Module):
 
         ch = cfg.ch * cfg.ch_mult[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_ch, ch, 3, padding=1))])
-        skip_chs, res = [ch], cfg.res
+        res = cfg.res
         for level, mult in enumerate(cfg.ch_mult):
             for _ in range(cfg.num_res_blocks):
                 layers = [block(ch, cfg.ch * mult)]
@@ -49,35 +89,16 @@ class UNet(nn.Module):
                 if res in cfg.attn_res:
                     layers.append(attn(ch))
                 self.input_blocks.append(EmbedSequential(*layers))
-                skip_chs.append(ch)
             if level < len(cfg.ch_mult) - 1:
                 self.input_blocks.append(EmbedSequential(block(ch, ch, down=True)))
-                skip_chs.append(ch)
                 res //= 2
-
-        self.middle_block = EmbedSequential(block(ch, ch), attn(ch), block(ch, ch))
-
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.ch_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [block(ch + skip_chs.pop(), cfg.ch * mult)]
-                ch = cfg.ch * mult
-                if res in cfg.attn_res:
-                    layers.append(attn(ch))
-                if level > 0 and i == cfg.num_res_blocks:
-                    layers.append(block(ch, ch, up=True))
-                    res *= 2
-                self.output_blocks.append(EmbedSequential(*layers))
-
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_ch, 3, padding=1)))
+        self.middle_block, self.output_blocks, self.out = decoder_half(cfg, block, attn)
 
     def embed_time(self, t):
         return self.time_embed(timestep_embedding(t, self.cfg.ch))  # (B, E)
 
     def _run(self, block, h, emb, cond):
-        if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, cond, use_reentrant=False)
-        return block(h, emb, cond)
+        return run_block(self, block, h, emb, cond)
 
     def encode_half(self, x, emb, cond=None):
         """The input blocks: returns every intermediate feature map (the skips; the last is the deepest).

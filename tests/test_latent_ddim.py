@@ -1,5 +1,4 @@
 """Property tests of the latent DDIM (Diff-AE §4, Eq. 9, App. A.1, Table 6)."""
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,14 +7,6 @@ from nn import timestep_embedding
 
 SMALL = dict(z_dim=8, hidden=16, num_layers=5)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is ~100x faster than two fighting over shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_defaults_are_the_ffhq_preset():

@@ -10,14 +10,6 @@ from metrics import (AttributeNet, attribute_accuracy, attribute_judge, balanced
                      frechet_distance, mse, psnr, ssim, ssim_map, toy_frechet_distance)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # on a shared 2-core machine one thread is ~3x faster than two fighting others; same results
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def images(n=4, c=3, h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)

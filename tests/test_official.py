@@ -27,13 +27,6 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ref():

@@ -16,14 +16,6 @@ EC = dict(res=16, ch=16, ch_mult=(1, 2), attn_res=(), num_heads=1, z_dim=8)
 T = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(seed=0, trained_G=False):
     """A PDAE around a random 'pre-trained' UNet; G at its zero init unless trained_G."""
