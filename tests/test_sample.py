@@ -69,6 +69,16 @@ def test_manipulation_with_scale_zero_is_the_plain_reconstruction(ckpts):
         assert torch.equal(sample.decode("diffae", model, d, moved, x_T, 4), model.reconstruct(x, 4))
 
 
+def test_reconstruct_works_on_an_official_checkpoint_as_is(tmp_path, monkeypatch):
+    official = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official-diffae",
+                            "diffae_autoenc_tiny.ckpt")
+    if not os.path.exists(official):
+        pytest.skip("official fixtures not found beside the repository")
+    monkeypatch.chdir(tmp_path)
+    assert sample.main(["--ckpt", official, "reconstruct", "--steps", "3", "--n", "2"]) == 0
+    assert os.path.exists(tmp_path / "runs" / "samples" / "diffae_autoenc_tiny" / "reconstruct_T3.png")
+
+
 def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
