@@ -259,7 +259,10 @@ def main(argv=None):
         ema = {k: v.to(device) for k, v in resume["ema"].items()}
         opt.load_state_dict(resume["optimizer"])
         step, images_seen = resume["step"], resume["images_seen"]
-    ema_keys = [k for k, v in model.state_dict().items() if v.dtype.is_floating_point]
+    # the live tensors behind the state dict (params and buffers) paired with their EMA copies, once
+    live = model.state_dict()
+    ema_pairs = [(ema[k], v) for k, v in live.items() if v.dtype.is_floating_point]
+    ema_dst, ema_src = [a for a, _ in ema_pairs], [b for _, b in ema_pairs]
 
     objective = Objective(kind, model, diffusion)
     if args.compile:
@@ -329,8 +332,7 @@ def main(argv=None):
         scaler.update()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():  # EMA of the weights, one fused op over all tensors
-            sd = model.state_dict()
-            torch._foreach_lerp_([ema[k] for k in ema_keys], [sd[k] for k in ema_keys], 1 - p["ema"])
+            torch._foreach_lerp_(ema_dst, ema_src, 1 - p["ema"])
         step += 1
         images_seen += p["batch_size"]
         loss_sum, loss_n = loss_sum + loss_val, loss_n + 1
