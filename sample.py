@@ -410,6 +410,42 @@ def cmd_conditional(kind, model, d, ck, args):
     print(f"wrote {path}")
 
 
+def cmd_eval_samples(kind, model, d, ck, args):
+    """Diff-AE Table 4: sample quality at several T, as a toy Frechet distance (and FID if installed).
+
+    The toy Frechet distance compares features of the toyfaces attribute judge, not Inception's:
+    Inception features know nothing about toyfaces and cannot be downloaded here. It is only
+    comparable between runs that use the same judge. Attribute rates of the samples are compared
+    with the held-out data's, as the judge sees both.
+    """
+    import metrics
+    real, _, names = held_out(ck, args.n, args)
+    judge = metrics.attribute_judge(real.shape[-1])
+    real_rates = (metrics.judge_apply(judge, real, judge) > 0).float().mean(0)
+    results = {"checkpoint": args.ckpt, "kind": kind, "n": len(real), "rows": []}
+    for steps in [int(s) for s in args.T.split(",")]:
+        args.steps = steps
+        t0 = time.time()
+        fake = generate(kind, model, d, len(real), args)
+        rates = (metrics.judge_apply(judge, fake, judge) > 0).float().mean(0)
+        row = {"T": steps, "toy_fd": metrics.toy_frechet_distance(fake, real, judge),
+               "attribute_rates": dict(zip(judge.attributes, rates.tolist())),
+               "max_rate_gap": float((rates - real_rates).abs().max()), "seconds": round(time.time() - t0, 1)}
+        try:
+            row["fid"] = metrics.fid(fake, real)
+        except ImportError:
+            pass
+        results["rows"].append(row)
+        print(f"T={steps:<4d} toy FD {row['toy_fd']:.3f}  max |rate - data rate| {row['max_rate_gap']:.3f}"
+              + (f"  FID {row['fid']:.2f}" if "fid" in row else "") + f"  ({row['seconds']}s)", flush=True)
+    results["data_attribute_rates"] = dict(zip(judge.attributes, real_rates.tolist()))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "eval_samples.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+
+
 def cmd_gap(kind, model, d, ck, args):
     """PDAE Fig. 5 right: the posterior mean gap at each t, pre-trained DPM vs PDAE (gap.png + gap.json)."""
     import math
@@ -543,7 +579,7 @@ def cmd_guidance(kind, model, d, ck, args):
 
 COMMANDS = {"reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "vary": cmd_vary,
             "manipulate": cmd_manipulate, "sample": cmd_sample, "conditional": cmd_conditional,
-            "predict-x0": cmd_predict_x0, "eval": cmd_eval,
+            "predict-x0": cmd_predict_x0, "eval": cmd_eval, "eval-samples": cmd_eval_samples,
             "gap": cmd_gap, "denoise-one-step": cmd_denoise_one_step, "reconstruct-ddpm": cmd_reconstruct_ddpm,
             "interpolate-g": cmd_interpolate_g, "guidance": cmd_guidance}
 
@@ -575,7 +611,7 @@ def main(argv=None):
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
-    args.n = args.n or (256 if args.command == "eval" else 8)
+    args.n = args.n or (256 if args.command in ("eval", "eval-samples") else 8)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
     try:

@@ -9,6 +9,7 @@ import checkpoint
 import classifier
 import sample
 import train
+from data import ToyFaces
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,36 @@ def test_pdae_figures(ckpts, cmd):
         args += ["--steps", "3"]
     assert sample.main(args) == 0
     assert any(f.endswith(".png") for f in os.listdir(out))
+
+
+@pytest.fixture
+def quick_judge(monkeypatch):
+    """An untrained judge: these tests check the plumbing, not the judge (tests/test_metrics.py does)."""
+    import metrics
+    torch.manual_seed(0)
+    monkeypatch.setattr(metrics, "attribute_judge", lambda res, **kw: metrics.AttributeNet(work_res=16, attributes=ToyFaces.ATTRIBUTES).eval())
+
+
+def test_sample_quality_rows(ckpts, quick_judge):
+    for name in ("lat", "ddim"):
+        out = ckpts / f"evs_{name}"
+        assert sample.main(["--ckpt", str(ckpts / name / "ckpt.pt"), "eval-samples", "--T", "2,3", "--n", "6",
+                            "--out", str(out)]) == 0
+        rows = json.load(open(out / "eval_samples.json"))["rows"]
+        assert [r["T"] for r in rows] == [2, 3] and all(r["toy_fd"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("labels", ["binary", "pu"])
+def test_conditional_and_measured_manipulation(ckpts, quick_judge, labels):
+    out = ckpts / f"cond_{labels}"
+    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "conditional", "--attr", "Eyeglasses",
+                        "--labels", labels, "--n", "3", "--steps", "2", "--out", str(out), "--probe-train", "300"]) == 0
+    res = json.load(open(out / f"conditional_Eyeglasses_{labels}.json"))
+    assert 0 <= res["fraction_with_attr"] <= 1 and res["rejection"]["accepted"] >= 3
+    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "manipulate", "--measure", "--attr", "Smiling",
+                        "--scale", "0,0.5", "--n", "6", "--steps", "2", "--out", str(out), "--probe-train", "64"]) == 0
+    rows = json.load(open(out / "manipulate_Smiling.json"))["rows"]
+    assert rows[0]["scale"] == 0 and 0 <= rows[1]["flipped"] <= 1
 
 
 def test_eval_writes_table2_rows(ckpts):
