@@ -112,6 +112,11 @@ def usage(msg):
 
 # --- subcommands ----------------------------------------------------------------------------
 
+def require_pdae(kind, command):
+    if kind != "pdae":
+        raise SystemExit(usage(f"{command} is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+
+
 def cmd_reconstruct(kind, model, d, ck, args):
     x, _, _ = held_out(ck, args.n, args)
     rows = reconstruction_rows(kind, model, d, x.to(args.device), args.steps, args.seed)
@@ -452,8 +457,7 @@ def cmd_gap(kind, model, d, ck, args):
 
     import pdae
     from PIL import ImageDraw
-    if kind != "pdae":
-        raise SystemExit(usage("gap is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    require_pdae(kind, "gap")
     x, _, _ = held_out(ck, args.n, args)
     ts = d.respace(min(args.steps, d.T)).tolist()  # --steps evenly spaced t
     g = torch.Generator().manual_seed(args.seed)
@@ -499,8 +503,7 @@ def cmd_gap(kind, model, d, ck, args):
 def cmd_denoise_one_step(kind, model, d, ck, args):
     """PDAE Fig. 5 left: x0 predicted from x_t in one step by the pre-trained DPM and by PDAE."""
     import pdae
-    if kind != "pdae":
-        raise SystemExit(usage("denoise-one-step is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    require_pdae(kind, "denoise-one-step")
     x, _, _ = held_out(ck, args.n, args)
     x = x.to(args.device)
     ts = [round((i + 1) * (d.T - 1) / args.frames) for i in range(args.frames)]  # --frames timesteps up to T-1
@@ -517,8 +520,7 @@ def cmd_denoise_one_step(kind, model, d, ck, args):
 
 def cmd_reconstruct_ddpm(kind, model, d, ck, args):
     """PDAE Fig. 6: input | DDIM from inferred x_T | DDIM from random x_T | DDPM (Eq. 5), --steps steps each."""
-    if kind != "pdae":
-        raise SystemExit(usage("reconstruct-ddpm is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    require_pdae(kind, "reconstruct-ddpm")
     x, _, _ = held_out(ck, args.n, args)
     x = x.to(args.device)
     g = torch.Generator().manual_seed(args.seed)
@@ -534,8 +536,7 @@ def cmd_reconstruct_ddpm(kind, model, d, ck, args):
 def cmd_interpolate_g(kind, model, d, ck, args):
     """PDAE Fig. 7: per pair, row 1 guides by G(x_t, Lerp(z1, z2)), row 2 by Lerp(G(x_t, z1), G(x_t, z2))."""
     from diffusion import lerp, slerp
-    if kind != "pdae":
-        raise SystemExit(usage("interpolate-g is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    require_pdae(kind, "interpolate-g")
     x, _, _ = held_out(ck, 2 * args.n, args)
     x = x.to(args.device)
     a, b = x[0::2][:args.n], x[1::2][:args.n]
@@ -559,8 +560,7 @@ def cmd_interpolate_g(kind, model, d, ck, args):
 def cmd_guidance(kind, model, d, ck, args):
     """PDAE Fig. 9: scale G by 0, 0.5, ..., 3 (truncation-like effect); labels y for a label-conditioned PDAE."""
     import pdae
-    if kind != "pdae":
-        raise SystemExit(usage("guidance is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+    require_pdae(kind, "guidance")
     x, y, _ = held_out(ck, args.n, args)
     label = isinstance(model.encoder, pdae.LabelEmbedding)
     if label and y.shape[1] != model.encoder.n_labels:
@@ -609,6 +609,8 @@ def main(argv=None):
     ap.add_argument("--latent-steps", type=int, default=None, help="latent DDIM steps (default: --steps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                    help="CUDA autocast for the networks (samplers keep their arithmetic in float32)")
     args = ap.parse_args(argv)
     args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
     args.n = args.n or (256 if args.command in ("eval", "eval-samples") else 8)
@@ -625,7 +627,12 @@ def main(argv=None):
                     else os.path.dirname(os.path.abspath(args.ckpt)))
     model = checkpoint.build(ck).to(args.device)
     d = checkpoint.diffusion(ck)
-    COMMANDS[args.command](ck["kind"], model, d, ck, args)
+    amp = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
+    use_amp = args.device.type == "cuda" and amp is not None
+    if args.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    with torch.autocast(args.device.type, dtype=amp or torch.float32, enabled=use_amp):
+        COMMANDS[args.command](ck["kind"], model, d, ck, args)
     return 0
 
 

@@ -3,7 +3,7 @@ Replaces Diffusion.predict_x0 and Diffusion.ddim_step in diffusion.py.
 
 Check:  STUDENT=exercises/mine python -m pytest tests/exercises -k ddim_step
 """
-import torch
+import torch  # noqa: F401
 
 from diffusion import _bcast  # noqa: F401  _bcast(a, x): a (B,) float64 tensor as float32 (B, 1, ..., 1) beside x
 

@@ -3,7 +3,7 @@ Replaces LatentDDIM.set_stats, .normalize, .denormalize and .loss in latent_ddim
 
 Check:  STUDENT=exercises/mine python -m pytest tests/exercises -k latent_ddim
 """
-import torch
+import torch  # noqa: F401
 
 
 @torch.no_grad()

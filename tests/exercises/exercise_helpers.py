@@ -1,5 +1,4 @@
 """Small shared pieces of the exercise checks: analytic noise predictors need no trained model."""
-import torch
 
 
 def rel(a, b):

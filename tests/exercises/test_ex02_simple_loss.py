@@ -72,7 +72,8 @@ def test_simple_loss_draws_t_then_noise_from_the_generator():
     noise = torch.randn(x0.shape, generator=g)
     b = d.loss(f, x0, t, noise)
     assert torch.allclose(a, b, atol=1e-6), \
-        "with t=None and noise=None draw t = torch.randint(0, T, (B,), generator=generator), then noise = torch.randn(x0.shape, generator=generator)"
+        ("with t=None and noise=None draw t = torch.randint(0, T, (B,), generator=generator), "
+         "then noise = torch.randn(x0.shape, generator=generator)")
 
 
 def test_simple_loss_reaches_the_encoder():

@@ -14,7 +14,7 @@ def smooth_eps(x, t):
     return 0.5 * torch.tanh(x) + 0.1 * torch.cos(t.float() / 200)[:, None, None, None]
 
 
-def test_ddim_step_predict_x0_inverts_q_sample():
+def test_ddim_step_predict_x0_inverts_the_forward_process():
     d = Diffusion(1000)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1, torch.randn(3, 3, 8, 8, generator=g)
@@ -66,7 +66,8 @@ def test_ddim_step_slides_along_the_noise_of_x():
         x_t = d.q_sample(x0, torch.full((2,), t), eps)
         x_s, _ = d.ddim_step(f, x_t, t, d.alphas_cumprod[s], clip=False)
         want = d.q_sample(x0, torch.full((2,), s), eps)
-        assert rel(x_s, want) < 1e-4, f"from t = {t} to t = {s} with the perfect predictor you should land on q_sample(x0, {s}, eps)"
+        assert rel(x_s, want) < 1e-4, \
+            f"from t = {t} to t = {s} with the perfect predictor you should land on q_sample(x0, {s}, eps)"
 
 
 def test_ddim_step_makes_sampling_invertible():

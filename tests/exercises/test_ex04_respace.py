@@ -17,7 +17,8 @@ EXERCISE = "respace"
 ])
 def test_respace_ddim_rule(T, steps, want):
     got = diffusion.space_timesteps(T, steps)
-    assert list(got) == want, f"space_timesteps({T}, {steps}) must be {want[:12]}{'...' if len(want) > 12 else ''}, got {list(got)[:12]}"
+    more = "..." if len(want) > 12 else ""
+    assert list(got) == want, f"space_timesteps({T}, {steps}) must be {want[:12]}{more}, got {list(got)[:12]}{more}"
 
 
 @pytest.mark.parametrize("T, steps, want", [

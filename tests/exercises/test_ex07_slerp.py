@@ -66,7 +66,8 @@ def test_slerp_midpoint_of_two_noises_is_a_typical_noise():
     mid_s = norms(diffusion.slerp(a, b, 0.5)).mean() / math.sqrt(d)
     mid_l = norms(diffusion.lerp(a, b, 0.5)).mean() / math.sqrt(d)
     assert abs(float(mid_s) - 1) < 0.05, \
-        f"the slerp midpoint of two N(0, I) codes should have norm ~sqrt(d) = {math.sqrt(d):.1f}, got {float(mid_s) * math.sqrt(d):.1f}"
+        (f"the slerp midpoint of two N(0, I) codes should have norm ~sqrt(d) = {math.sqrt(d):.1f}, "
+         f"got {float(mid_s) * math.sqrt(d):.1f}")
     assert abs(float(mid_l) - 1 / math.sqrt(2)) < 0.05  # lerp shrinks it by 1/sqrt(2): a washed-out decode
 
 

@@ -43,7 +43,8 @@ def test_latent_ddim_normalised_codes_have_zero_mean_unit_std():
         "set_stats must store z.mean(0) and the unbiased z.std(0) in self.mean and self.std"
     zn = lat.normalize(z)
     assert torch.allclose(zn.mean(0), torch.zeros(D), atol=1e-4) and torch.allclose(zn.std(0), torch.ones(D), atol=1e-4), \
-        f"normalised training codes need mean 0 and std 1 per dimension; got means {zn.mean(0).tolist()} and stds {zn.std(0).tolist()}"
+        (f"normalised training codes need mean 0 and std 1 per dimension; "
+         f"got means {zn.mean(0).tolist()} and stds {zn.std(0).tolist()}")
     assert torch.allclose(lat.denormalize(zn), z, atol=1e-4), "denormalize(normalize(z)) must give back z"
 
 
@@ -55,7 +56,8 @@ def test_latent_ddim_loss_is_l1():
     lat.net = Zero()
     got = float(lat.loss(z, t, noise))
     l1, l2 = float(noise.abs().mean()), float(noise.square().mean())
-    assert abs(got - l1) < 1e-5, f"predicting eps = 0 must cost mean|eps| = {l1:.4f} (L1, Eq. 9); got {got:.4f} (L2 would be {l2:.4f})"
+    assert abs(got - l1) < 1e-5, \
+        f"predicting eps = 0 must cost mean|eps| = {l1:.4f} (L1, Eq. 9); got {got:.4f} (L2 would be {l2:.4f})"
 
 
 def test_latent_ddim_loss_sees_normalised_codes():
