@@ -341,6 +341,7 @@ def measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales)
                             "max_other_changed": max(changed.values())})
         print(f"scale {s:+.2f}: {args.attr} flipped on {flipped:.1%} of {len(xs)} images; "
               f"other attributes changed on at most {max(changed.values()):.1%}")
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"manipulate_{args.attr}.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
