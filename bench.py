@@ -119,20 +119,21 @@ def main(argv=None):
     p = train.PRESETS[args.preset]
     res, B = p["res"], args.batch_size or p["batch_size"]
     cuda = device.type == "cuda"
-    amp_dtype = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp] if cuda else None
+    amp_dtype = ({"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp] if cuda
+                 else torch.bfloat16 if args.amp == "bf16" else None)  # as train.py: CPU bf16 only on request
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     rows = []
 
-    def report(name, model, forward):
+    def report(name, model, forward, amp=amp_dtype):
         model.to(device).train()
         if cuda and args.channels_last:
             model.to(memory_format=torch.channels_last)
         run = torch.compile(forward) if args.compile else forward
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        sec, flops = bench_train(model, run, args, device, amp_dtype, res, B)
+        sec, flops = bench_train(model, run, args, device, amp, res, B)
         row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
                    train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
                    achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
@@ -171,17 +172,18 @@ def main(argv=None):
                       f"(batch {SB})", flush=True)
     if args.official:
         model, forward = official_model(args.official, args.model, p, res)
-        off = report("official", model, forward)
+        off_amp = amp_dtype if cuda else None  # the official code autocasts only on CUDA
+        off = report("official", model, forward, off_amp)
         if not args.skip_ours:
             # more rounds, alternating, so that a busy machine slows both alike; medians decide
             t_ours, t_off = [rows[0]["train_step_s"]], [off["train_step_s"]]
             for _ in range(args.rounds - 1):
                 ours[0].train()
                 t_ours.append(bench_train(ours[0], ours[1], args, device, amp_dtype, res, B)[0])
-                t_off.append(bench_train(model, forward, args, device, amp_dtype, res, B)[0])
+                t_off.append(bench_train(model, forward, args, device, off_amp, res, B)[0])
             ratio = statistics.median(t_off) / statistics.median(t_ours)
             rows[0]["train_step_s_rounds"], off["train_step_s_rounds"] = t_ours, t_off
-            print(f"ours / official training throughput: {ratio:.2f}x")
+            print(f"ours / official training throughput: {ratio:.2f}x (medians of {args.rounds} alternating rounds)")
             rows[0]["speedup_vs_official"] = ratio
     if args.json:
         with open(args.json, "w") as fh:

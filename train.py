@@ -172,7 +172,7 @@ def parse_args(argv=None):
     ap.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same global batch)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 8 on CUDA, 0 on CPU)")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="CUDA autocast dtype")
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (CUDA default: bf16, else fp16 with a GradScaler; CPU default: off, bf16 on request)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA)")
     ap.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward (256^2)")
     ap.add_argument("--no-channels-last", action="store_true")
@@ -269,8 +269,11 @@ def main(argv=None):
         objective = torch.compile(objective)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if cuda else None)
-    amp_dtype = {"auto": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16,
-                 "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp] if cuda else None
+    if cuda:
+        amp_dtype = {"auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+                     "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
+    else:  # CPU: float32 unless asked; bf16 is ~1.4x faster where the CPU has AVX512-BF16/AMX
+        amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
