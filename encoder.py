@@ -20,6 +20,7 @@ class EncoderConfig:
     attn_res: tuple = (16,)
     z_dim: int = 512
     num_heads: int = 1
+    norm_groups: int = 32
     in_ch: int = 3
 
 
@@ -29,21 +30,23 @@ class SemanticEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
+        G = cfg.norm_groups
         ch = cfg.ch * cfg.ch_mult[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_ch, ch, 3, padding=1))])
         res = cfg.res
         for level, mult in enumerate(cfg.ch_mult):
             for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(ch, cfg.ch * mult)]
+                layers = [ResBlock(ch, cfg.ch * mult, groups=G)]
                 ch = cfg.ch * mult
                 if res in cfg.attn_res:
-                    layers.append(AttentionBlock(ch, cfg.num_heads))
+                    layers.append(AttentionBlock(ch, cfg.num_heads, G))
                 self.input_blocks.append(EmbedSequential(*layers))
             if level < len(cfg.ch_mult) - 1:
-                self.input_blocks.append(EmbedSequential(ResBlock(ch, ch, down=True)))
+                self.input_blocks.append(EmbedSequential(ResBlock(ch, ch, down=True, groups=G)))
                 res //= 2
-        self.middle_block = EmbedSequential(ResBlock(ch, ch), AttentionBlock(ch, cfg.num_heads), ResBlock(ch, ch))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+        self.middle_block = EmbedSequential(ResBlock(ch, ch, groups=G), AttentionBlock(ch, cfg.num_heads, G),
+                                            ResBlock(ch, ch, groups=G))
+        self.out = nn.Sequential(normalization(ch, G), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
                                  nn.Conv2d(ch, cfg.z_dim, 1), nn.Flatten())
 
     def forward(self, x):
@@ -61,6 +64,7 @@ class PDAEEncoderConfig:
     attn_res: tuple = (16,)           # feature-map resolutions followed by self-attention
     num_heads: int = 4
     z_dim: int = 512
+    norm_groups: int = 32
     in_ch: int = 3
 
 
@@ -80,13 +84,13 @@ class PDAEEncoder(nn.Module):
         layers, ch_in, res = [], cfg.in_ch, cfg.res
         for i, mult in enumerate(cfg.ch_mult):
             if i > 0:
-                layers += [normalization(ch_in), nn.SiLU()]
+                layers += [normalization(ch_in, cfg.norm_groups), nn.SiLU()]
             ch_out, res = cfg.ch * mult, res // 2
             layers.append(nn.Conv2d(ch_in, ch_out, 3, stride=2, padding=1))  # (B, ch_out, res, res)
             if res in cfg.attn_res:
-                layers.append(AttentionBlock(ch_out, cfg.num_heads))
+                layers.append(AttentionBlock(ch_out, cfg.num_heads, cfg.norm_groups))
             ch_in = ch_out
-        layers += [normalization(ch_in), nn.SiLU(), nn.Flatten(),  # (B, C * res * res)
+        layers += [normalization(ch_in, cfg.norm_groups), nn.SiLU(), nn.Flatten(),  # (B, C * res * res)
                    nn.Linear(ch_in * res * res, cfg.z_dim)]
         self.layers = nn.Sequential(*layers)
 

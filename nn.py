@@ -36,11 +36,15 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).type(x.dtype)
 
 
-def normalization(channels):
-    """GroupNorm with 32 groups as ADM; small widths that 32 does not divide fall back to a divisor."""
-    groups = min(32, channels)
+def normalization(channels, groups=32):
+    """GroupNorm with 32 groups as ADM; widths that `groups` does not divide fall back to a divisor.
+
+    A group of one channel (32 groups on a 32-channel map) subtracts each channel's own spatial
+    mean, so nothing after it can know the image's mean colour; the CPU presets pass fewer groups.
+    """
+    groups = min(groups, channels)
     if channels % groups:
-        groups = math.gcd(32, channels)
+        groups = math.gcd(groups, channels)
     return GroupNorm32(groups, channels)
 
 
@@ -77,9 +81,9 @@ class ResBlock(nn.Module):
     norm-act-conv branch. cond_dim adds the z_sem scale of Eq. 7.
     """
 
-    def __init__(self, ch_in, ch_out, emb_dim=None, cond_dim=None, dropout=0.0, up=False, down=False):
+    def __init__(self, ch_in, ch_out, emb_dim=None, cond_dim=None, dropout=0.0, up=False, down=False, groups=32):
         super().__init__()
-        self.in_layers = nn.Sequential(normalization(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(ch_in, groups), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
         self.resample = Upsample() if up else Downsample() if down else None
         self.conditioned = emb_dim is not None
         if self.conditioned:
@@ -87,7 +91,7 @@ class ResBlock(nn.Module):
             if cond_dim is not None:
                 self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, ch_out))  # -> z_s
             self.out_layers = nn.Sequential(
-                normalization(ch_out), nn.SiLU(), nn.Dropout(dropout),
+                normalization(ch_out, groups), nn.SiLU(), nn.Dropout(dropout),
                 zero_module(nn.Conv2d(ch_out, ch_out, 3, padding=1)))
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
 
@@ -115,10 +119,10 @@ class AttentionBlock(nn.Module):
     so official weights load unchanged.
     """
 
-    def __init__(self, channels, num_heads=1):
+    def __init__(self, channels, num_heads=1, groups=32):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 

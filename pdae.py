@@ -86,8 +86,8 @@ def ddim_shift_coef(d):
 class ShiftResBlock(ResBlock):
     """ResBlock whose AdaGN scales and shifts twice, PDAE Eq. 9: z_s (t_s GroupNorm(h) + t_b) + z_b."""
 
-    def __init__(self, ch_in, ch_out, emb_dim, cond_dim, dropout=0.0, up=False, down=False):
-        super().__init__(ch_in, ch_out, emb_dim, None, dropout, up=up, down=down)
+    def __init__(self, ch_in, ch_out, emb_dim, cond_dim, dropout=0.0, up=False, down=False, groups=32):
+        super().__init__(ch_in, ch_out, emb_dim, None, dropout, up=up, down=down, groups=groups)
         self.z_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * ch_out))  # -> (z_s, z_b)
 
     def forward(self, x, emb=None, cond=None):
@@ -117,8 +117,8 @@ class GradientEstimator(nn.Module):
         super().__init__()
         self.cfg = cfg
         E = cfg.embed_dim
-        block = lambda a, b, **kw: ShiftResBlock(a, b, E, E, cfg.dropout, **kw)
-        attn = lambda c: AttentionBlock(c, cfg.num_heads)
+        block = lambda a, b, **kw: ShiftResBlock(a, b, E, E, cfg.dropout, groups=cfg.norm_groups, **kw)
+        attn = lambda c: AttentionBlock(c, cfg.num_heads, cfg.norm_groups)
         self.z_embed = nn.Linear(z_dim, E)  # z -> the vector every block's (z_s, z_b) projection reads
 
         # the same middle/decoder/output layout as the pre-trained UNet's, with Eq. 9 blocks; out_ch = in_ch
@@ -393,7 +393,8 @@ def encoder_config(res, p):
     ch = min(64, p["ch"])
     heads = 4 if ch % 4 == 0 else 1
     return PDAEEncoderConfig(res=res, ch=ch, ch_mult=tuple(min(2 ** i, 4) for i in range(n_down)),
-                             attn_res=tuple(p.get("attn_res", ())), num_heads=heads, z_dim=p["z_dim"])
+                             attn_res=tuple(p.get("attn_res", ())), num_heads=heads, z_dim=p["z_dim"],
+                             norm_groups=p.get("norm_groups", 32))
 
 
 def build_for_training(args, p):

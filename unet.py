@@ -23,6 +23,7 @@ class UNetConfig:
     embed_dim: int = 512          # width of the time embedding (and AdaGN's input)
     cond_dim: int = None          # size of z_sem; None = unconditional DDIM
     num_heads: int = 1
+    norm_groups: int = 32         # GroupNorm groups (ADM: 32); see nn.normalization for the CPU presets' 8
     in_ch: int = 3
     out_ch: int = 3
     grad_checkpoint: bool = False  # recompute blocks in backward: less memory, ~30% slower
@@ -57,7 +58,7 @@ def decoder_half(cfg: UNetConfig, block, attn):
                 layers.append(block(ch, ch, up=True))
                 res *= 2
             output_blocks.append(EmbedSequential(*layers))
-    out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_ch, 3, padding=1)))
+    out = nn.Sequential(normalization(ch, cfg.norm_groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_ch, 3, padding=1)))
     return middle, output_blocks, out
 
 
@@ -75,8 +76,8 @@ class UNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         E, Z = cfg.embed_dim, cfg.cond_dim
-        block = lambda a, b, **kw: ResBlock(a, b, E, Z, cfg.dropout, **kw)
-        attn = lambda c: AttentionBlock(c, cfg.num_heads)
+        block = lambda a, b, **kw: ResBlock(a, b, E, Z, cfg.dropout, groups=cfg.norm_groups, **kw)
+        attn = lambda c: AttentionBlock(c, cfg.num_heads, cfg.norm_groups)
         self.time_embed = nn.Sequential(nn.Linear(cfg.ch, E), nn.SiLU(), nn.Linear(E, E))
 
         ch = cfg.ch * cfg.ch_mult[0]

@@ -20,6 +20,21 @@ def test_adagn_with_unit_scales_is_groupnorm(seed):
     assert torch.allclose(ada_group_norm(h, norm, ts, tb, zs), zs * (ts * norm(h) + tb), atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_channel_groups_erase_channel_means_and_wider_groups_keep_them(seed):
+    # why the CPU presets use 8 groups: with 32 groups on 32 channels (ADM's rule at a small width)
+    # adding any constant to a channel changes nothing downstream, so the mean colour is invisible
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2, 32, 6, 6, generator=g)
+    shift = torch.randn(2, 32, 1, 1, generator=g)
+    one_per_group, four_per_group = normalization(32), normalization(32, groups=8)
+    assert one_per_group.num_groups == 32 and four_per_group.num_groups == 8
+    assert torch.allclose(one_per_group(h + shift), one_per_group(h), atol=1e-5)
+    assert (four_per_group(h + shift) - four_per_group(h)).abs().max() > 0.1
+    # a width the group count does not divide falls back to a common divisor
+    assert normalization(24, groups=16).num_groups == 8
+
+
 def test_groupnorm_runs_in_float32():
     norm = normalization(32)
     h = torch.randn(2, 32, 4, 4).to(torch.bfloat16)
