@@ -46,6 +46,20 @@ def test_pdae_figures(ckpts, cmd):
     assert any(f.endswith(".png") for f in os.listdir(out))
 
 
+def test_gap_for_diffae_compares_own_and_another_z(ckpts):
+    out = ckpts / "gap_ae"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "gap", "--steps", "4", "--n", "3",
+                        "--batch-size", "2", "--out", str(out)]) == 0
+    res = json.load(open(out / "gap.json"))
+    own, other = torch.tensor(res["own_z"]), torch.tensor(res["other_z"])
+    assert res["t"] == [0, 250, 500, 750] and (own > 0).all() and (other > 0).all()
+    assert torch.allclose(torch.tensor(res["ratio_per_t"]), own / other, rtol=1e-4)
+    assert res["mean_ratio"] == pytest.approx(sum(res["ratio_per_t"]) / 4)
+    with pytest.raises(SystemExit) as e:  # the DDIM baseline has no code to compare
+        sample.main(["--ckpt", str(ckpts / "ddim" / "ckpt.pt"), "gap", "--n", "2", "--out", str(out)])
+    assert e.value.code == 2
+
+
 @pytest.fixture
 def quick_judge(monkeypatch):
     """An untrained judge: these tests check the plumbing, not the judge (tests/test_metrics.py does)."""
