@@ -149,8 +149,8 @@ def main(argv=None):
     if not args.skip_ours:
         unet_cfg, enc_cfg = train.model_configs(args.model, p, res)
         unet_cfg.grad_checkpoint = args.grad_checkpoint
-        if args.official:  # the official code always has 32 GroupNorm groups: time the same architecture
-            unet_cfg.norm_groups = 32
+        if args.official:  # the official code: 32 GroupNorm groups, no eps input skip; time the same architecture
+            unet_cfg.norm_groups, unet_cfg.input_skip = 32, None
             if enc_cfg is not None:
                 enc_cfg.norm_groups = 32
         ck = {"kind": args.model, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),

@@ -72,7 +72,10 @@ def make_model(ck):
     from unet import UNet, UNetConfig
     cfg, kind = ck["config"], ck["kind"]
     if kind == "ddim":
-        return UNet(UNetConfig(**cfg["unet"]))
+        from unet import check_input_skip
+        unet_cfg = UNetConfig(**cfg["unet"])
+        check_input_skip(unet_cfg, diffusion(ck))
+        return UNet(unet_cfg)
     if kind == "diffae":
         from diffae import DiffAE
         model = DiffAE(UNetConfig(**cfg["unet"]), EncoderConfig(**cfg["encoder"]), diffusion(ck))

@@ -11,7 +11,7 @@ from torch import nn
 
 from diffusion import Diffusion
 from encoder import EncoderConfig, SemanticEncoder
-from unet import UNet, UNetConfig
+from unet import UNet, UNetConfig, check_input_skip
 
 
 class DiffAE(nn.Module):
@@ -22,15 +22,19 @@ class DiffAE(nn.Module):
         self.encoder = SemanticEncoder(enc_cfg)
         self.unet = UNet(unet_cfg)
         self.diffusion = diffusion or Diffusion()
+        check_input_skip(unet_cfg, self.diffusion)
         self.latent = None  # the optional second stage (latent_ddim.LatentDDIM), attached after it is trained
 
     def eps_fn(self, z):
         """The noise predictor eps_theta(x_t, t, z_sem) as the sampler sees it: a function of (x_t, t)."""
         return lambda x, t: self.unet(x, t, z)
 
-    def loss(self, x0, t=None, noise=None):
-        """Diff-AE Eq. 6: the simple DDPM loss with z_sem = Enc(x0); encoder and decoder trained jointly."""
-        return self.diffusion.loss(self.eps_fn(self.encoder(x0)), x0, t, noise)
+    def loss(self, x0, t=None, noise=None, weights=None):
+        """Diff-AE Eq. 6: the simple DDPM loss with z_sem = Enc(x0); encoder and decoder trained jointly.
+
+        weights: optional per-t weights (train.py --t-weights pdae); None is Eq. 6 exactly.
+        """
+        return self.diffusion.loss(self.eps_fn(self.encoder(x0)), x0, t, noise, weights=weights)
 
     def encode(self, x0):
         """z_sem = Enc(x0)."""

@@ -25,7 +25,7 @@ from torch import nn
 from diffusion import Diffusion
 from encoder import PDAEEncoder, PDAEEncoderConfig
 from nn import AttentionBlock, ResBlock, ada_group_norm
-from unet import UNet, UNetConfig, decoder_half, run_block
+from unet import UNet, UNetConfig, check_input_skip, decoder_half, run_block
 
 
 # --- schedule coefficients (float64, length T) ----------------------------------------------
@@ -198,6 +198,7 @@ class PDAE(nn.Module):
         self.encoder = encoder
         self.G = GradientEstimator(unet_cfg, encoder.z_dim if label else encoder.cfg.z_dim)
         self.diffusion = diffusion or Diffusion()
+        check_input_skip(unet_cfg, self.diffusion)
         self.latent = None  # the optional latent DDIM over z (latent_ddim.LatentDDIM), for unconditional sampling
         self.gamma = gamma
         self.weights = loss_weights(self.diffusion, gamma)          # lambda_t, Eq. 10
@@ -235,7 +236,7 @@ class PDAE(nn.Module):
         with torch.no_grad():  # theta is frozen: no graph through it
             emb = self.unet.embed_time(t)
             hs = self.unet.encode_half(x_t, emb)
-            eps = self.unet.decode_half(hs, emb)
+            eps = self.unet.add_input_skip(self.unet.decode_half(hs, emb), x_t, t)
         return emb, hs, eps
 
     def predict(self, x_t, t, z):

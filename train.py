@@ -36,8 +36,11 @@ PRESETS = {
     # CPU presets: ~12 minutes on 2 cores (toy32), ~1 minute (tiny16, for smoke tests and classes)
     # They use 8 GroupNorm groups, not ADM's 32: at 32 channels, 32 groups would be one channel
     # each, and the net could never see an image's mean colour (see nn.normalization).
+    # toy32 also adds the eps input skip and PDAE's lambda_t weights (README, "What makes the
+    # decoder use z_sem"): together they make a 12-minute decoder rely on z_sem; off elsewhere.
     "toy32":  dict(res=32, batch_size=32, lr=6e-4, ema=0.995, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                   attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, norm_groups=8, images=48_000),
+                   attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, norm_groups=8, images=48_000,
+                   input_skip=True, t_weights="pdae"),
     "tiny16": dict(res=16, batch_size=16, lr=2e-4, ema=0.98, dropout=0.0, ch=16, ch_mult=(1, 2), num_res_blocks=1,
                    attn_res=(), enc_ch_mult=(1, 2, 2), embed_dim=64, z_dim=32, norm_groups=8, images=3_200),
 }
@@ -82,7 +85,8 @@ def model_configs(kind, p, res):
     from unet import UNetConfig
     unet = UNetConfig(res=res, ch=p["ch"], ch_mult=tuple(p["ch_mult"]), num_res_blocks=p["num_res_blocks"],
                       attn_res=tuple(p["attn_res"]), dropout=p["dropout"], embed_dim=p["embed_dim"],
-                      cond_dim=p["z_dim"] if kind == "diffae" else None, norm_groups=p.get("norm_groups", 32))
+                      cond_dim=p["z_dim"] if kind == "diffae" else None, norm_groups=p.get("norm_groups", 32),
+                      input_skip={"T": 1000, "schedule": "linear"} if p.get("input_skip") else None)
     enc = EncoderConfig(res=res, ch=p["ch"], ch_mult=tuple(p["enc_ch_mult"]), num_res_blocks=p["num_res_blocks"],
                         attn_res=tuple(p["attn_res"]), z_dim=p["z_dim"],
                         norm_groups=p.get("norm_groups", 32)) if kind == "diffae" else None
@@ -92,16 +96,32 @@ def model_configs(kind, p, res):
 class Objective(nn.Module):
     """The training loss as a module's forward, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, kind, model, diffusion):
+    def __init__(self, kind, model, diffusion, weights=None):
         super().__init__()
-        self.kind, self.model, self.diffusion = kind, model, diffusion
+        self.kind, self.model, self.diffusion, self.weights = kind, model, diffusion, weights
 
     def forward(self, x0, y, t, noise):
         if self.kind == "ddim":
-            return self.diffusion.loss(lambda x, tt: self.model(x, tt), x0, t, noise)
+            return self.diffusion.loss(lambda x, tt: self.model(x, tt), x0, t, noise, weights=self.weights)
         if self.kind == "pdae":
-            return self.model.loss(x0, y, t, noise)
-        return self.model.loss(x0, t, noise)  # Diff-AE Eq. 6
+            return self.model.loss(x0, y, t, noise)  # PDAE Eq. 7 with its own lambda_t (Eq. 10)
+        return self.model.loss(x0, t, noise, weights=self.weights)  # Diff-AE Eq. 6
+
+
+def t_weights(name, diffusion):
+    """Per-t loss weights for the DDIM and Diff-AE losses: None (uniform, Eq. 6) or PDAE's lambda_t.
+
+    "pdae" borrows Eq. 10 of PDAE, scaled to mean 1: it moves weight from the small-t steps, where
+    eps is mostly unpredictable pixel noise, to the middle and late ones, where z_sem decides the
+    image. A departure from Diff-AE's Eq. 6, opt-in (see README, "What makes the decoder use z_sem").
+    """
+    if name in (None, "uniform"):
+        return None
+    if name == "pdae":
+        from pdae import loss_weights
+        w = loss_weights(diffusion)
+        return w / w.mean()
+    raise ValueError(f"unknown t weighting {name!r}: use 'uniform' or 'pdae'")
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -162,6 +182,10 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights")
+    ap.add_argument("--t-weights", default=None, choices=["uniform", "pdae"],
+                    help="ddim/diffae: per-t loss weights; uniform is Eq. 6, pdae borrows PDAE's Eq. 10 (opt-in)")
+    ap.add_argument("--input-skip", action="store_true",
+                    help="ddim/diffae: eps = sqrt(1 - alphabar_t) x_t + net(...) (opt-in; see unet.UNet.add_input_skip)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/MODEL-DATA-RES)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -218,9 +242,11 @@ def main(argv=None):
         kind = args.model
         preset_name = pick_preset(args)
         p = dict(PRESETS[preset_name])
-        for k in ("batch_size", "lr", "ema"):
+        for k in ("batch_size", "lr", "ema", "t_weights"):
             if getattr(args, k) is not None:
                 p[k] = getattr(args, k)
+        if args.input_skip:
+            p["input_skip"] = True
         args.res = args.res or p["res"]
         args.steps = args.steps or max(1, p["images"] // p["batch_size"])
         args.out = args.out or os.path.join("runs", f"{kind}-{args.data}{args.res}")
@@ -267,7 +293,7 @@ def main(argv=None):
     ema_pairs = [(ema[k], v) for k, v in live.items() if v.dtype.is_floating_point]
     ema_dst, ema_src = [a for a, _ in ema_pairs], [b for _, b in ema_pairs]
 
-    objective = Objective(kind, model, diffusion)
+    objective = Objective(kind, model, diffusion, t_weights(p.get("t_weights"), diffusion))
     if args.compile:
         objective = torch.compile(objective)
     if world > 1:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from diffusion import Diffusion
 from nn import AttentionBlock, EmbedSequential, ResBlock, normalization, timestep_embedding, zero_module
 
 
@@ -27,6 +28,8 @@ class UNetConfig:
     in_ch: int = 3
     out_ch: int = 3
     grad_checkpoint: bool = False  # recompute blocks in backward: less memory, ~30% slower
+    input_skip: dict = None       # CPU presets: eps = sqrt(1 - alphabar_t) x_t + net(x_t, t, z) on this
+                                  # schedule ({"T": .., "schedule": ..}); None = ADM's plain output
 
 
 def skip_channels(cfg: UNetConfig):
@@ -62,6 +65,13 @@ def decoder_half(cfg: UNetConfig, block, attn):
     return middle, output_blocks, out
 
 
+def check_input_skip(cfg: UNetConfig, diffusion):
+    """The eps skip must use the schedule the model is trained and sampled with."""
+    if cfg.input_skip is not None and (cfg.input_skip.get("T"), cfg.input_skip.get("schedule")) != (diffusion.T, diffusion.schedule):
+        raise ValueError(f"the UNet's input_skip schedule {cfg.input_skip} differs from the diffusion's "
+                         f"(T={diffusion.T}, schedule={diffusion.schedule!r})")
+
+
 def run_block(net, block, h, emb, cond):
     """block(h, emb, cond), recomputed in backward when net.cfg.grad_checkpoint is set (less memory)."""
     if net.cfg.grad_checkpoint and net.training and torch.is_grad_enabled():
@@ -94,6 +104,11 @@ class UNet(nn.Module):
                 self.input_blocks.append(EmbedSequential(block(ch, ch, down=True)))
                 res //= 2
         self.middle_block, self.output_blocks, self.out = decoder_half(cfg, block, attn)
+        if cfg.input_skip is not None:
+            if cfg.out_ch != cfg.in_ch:
+                raise ValueError("input_skip adds x_t to the output: it needs out_ch == in_ch")
+            ab = Diffusion(**cfg.input_skip).alphas_cumprod
+            self.register_buffer("skip_coef", (1 - ab).sqrt().float(), persistent=False)  # (T,)
 
     def embed_time(self, t):
         return self.time_embed(timestep_embedding(t, self.cfg.ch))  # (B, E)
@@ -120,8 +135,20 @@ class UNet(nn.Module):
             h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb, cond)  # (B, C + C_skip, H, W)
         return self.out(h)
 
+    def add_input_skip(self, out, x, t):
+        """eps = sqrt(1 - alphabar_t) x_t + out when cfg.input_skip is set, else out.
+
+        sqrt(1 - alphabar_t) x_t is E[eps | x_t] for unit-variance data, nearly exact at large t,
+        where a small, briefly trained net is *worse* than it (README, "What makes the decoder
+        use z_sem"): the net then learns only the correction, which carries x0 (and z_sem).
+        The loss is still Eq. 6 on eps; only the network's form changes.
+        """
+        if self.cfg.input_skip is None:
+            return out
+        return out + self.skip_coef[t.to(self.skip_coef.device)].view(-1, 1, 1, 1).to(out.dtype) * x
+
     def forward(self, x, t, z=None):
         if (z is None) != (self.cfg.cond_dim is None):
             raise ValueError(f"this UNet has cond_dim={self.cfg.cond_dim}; pass z exactly when cond_dim is set")
         emb = self.embed_time(t)
-        return self.decode_half(self.encode_half(x, emb, z), emb, z)
+        return self.add_input_skip(self.decode_half(self.encode_half(x, emb, z), emb, z), x, t)

@@ -17,10 +17,11 @@ T = 100
 
 
 
-def make(seed=0, trained_G=False):
+def make(seed=0, trained_G=False, input_skip=False):
     """A PDAE around a random 'pre-trained' UNet; G at its zero init unless trained_G."""
     torch.manual_seed(seed)
-    model = pdae.PDAE(UNetConfig(**UC), PDAEEncoder(PDAEEncoderConfig(**EC)), Diffusion(T=T))
+    uc = dict(UC, input_skip={"T": T, "schedule": "linear"}) if input_skip else UC
+    model = pdae.PDAE(UNetConfig(**uc), PDAEEncoder(PDAEEncoderConfig(**EC)), Diffusion(T=T))
     perturb(model.unet, seed=seed)
     if trained_G:
         perturb(model.G, seed=seed + 1)
@@ -111,8 +112,9 @@ def test_ddim_eps_hat_is_eq6_and_shift_until_drops_it():
 
 # --- G == 0 at init: PDAE is exactly the pre-trained DPM --------------------------------------
 
-def test_fresh_pdae_samplers_reproduce_the_pretrained_dpm_exactly():
-    model = make()
+@pytest.mark.parametrize("input_skip", [False, True])
+def test_fresh_pdae_samplers_reproduce_the_pretrained_dpm_exactly(input_skip):
+    model = make(input_skip=input_skip)
     d = model.diffusion
     x, z = images(2), torch.randn(2, 8)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))

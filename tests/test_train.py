@@ -93,3 +93,34 @@ def test_two_process_gloo_equals_one_process(tmp_path):
         assert torch.allclose(ddp["model"][k], one["model"][k], atol=1e-5), k
     assert ddp["step"] == 3
     assert "rank 1 weights match rank 0" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_pdae_t_weights_scale_each_samples_eq6_loss_by_lambda_t(seed):
+    """--t-weights pdae: each sample's Eq. 6 loss times lambda_t / mean(lambda) (PDAE Eq. 10);
+    uniform (the default) is Eq. 6 exactly."""
+    import pdae
+    from diffusion import Diffusion
+    d = Diffusion(T=1000)
+    w = train.t_weights("pdae", d)
+    lam = pdae.loss_weights(d)
+    assert torch.allclose(w, lam / lam.mean()) and abs(float(w.mean()) - 1) < 1e-12
+    assert train.t_weights("uniform", d) is None and train.t_weights(None, d) is None
+    g = torch.Generator().manual_seed(seed)
+    x0, noise = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1, torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([5, 400, 990])
+    net = lambda x, tt: 0.5 * x
+    per = [d.loss(net, x0[i:i + 1], t[i:i + 1], noise[i:i + 1]) for i in range(3)]
+    expect = sum(float(w[t[i]]) * per[i] for i in range(3)) / 3
+    assert torch.allclose(d.loss(net, x0, t, noise, weights=w).float(), expect.float(), rtol=1e-5)
+    assert torch.allclose(d.loss(net, x0, t, noise), sum(per) / 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="t weighting"):
+        train.t_weights("snr", d)
+
+
+def test_input_skip_and_t_weights_are_kept_by_the_checkpoint_and_resume(tmp_path):
+    assert run(tmp_path, tmp_path / "s", "--steps", "1", "--input-skip", "--t-weights", "pdae") == 0
+    ck = checkpoint.load(tmp_path / "s" / "ckpt.pt")
+    assert ck["config"]["unet"]["input_skip"] == {"T": 1000, "schedule": "linear"}
+    assert ck["config"]["train"]["hparams"]["t_weights"] == "pdae"
+    assert checkpoint.build(ck).unet.cfg.input_skip is not None

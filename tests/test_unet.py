@@ -64,3 +64,31 @@ def test_encoder_deterministic_and_batch_independent(seed):
     assert torch.equal(enc(x), z)
     assert torch.allclose(torch.cat([enc(x[i:i + 1]) for i in range(5)]), z, atol=1e-5)
     assert torch.allclose(enc(x.flip(0)), z.flip(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_input_skip_adds_sqrt_one_minus_alphabar_x_t(seed):
+    """With input_skip, eps = sqrt(1 - alphabar_t) x_t + net: a fresh (zero-output) net gives exactly
+    the skip, E[eps | x_t] for unit-variance data; a trained one adds its output on top."""
+    from diffusion import Diffusion
+    d = Diffusion(T=1000)
+    skip = dict(SMALL, cond_dim=8, input_skip={"T": 1000, "schedule": "linear"})
+    g = torch.Generator().manual_seed(seed)
+    x, t, z = torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 1000, (4,), generator=g), torch.randn(4, 8, generator=g)
+    coef = (1 - d.alphas_cumprod[t]).sqrt().float().view(-1, 1, 1, 1)
+    assert torch.allclose(UNet(UNetConfig(**skip))(x, t, z), coef * x, atol=1e-7)
+    torch.manual_seed(seed)
+    plain = perturb(UNet(UNetConfig(**dict(skip, input_skip=None))), seed).eval()
+    torch.manual_seed(seed)
+    with_skip = perturb(UNet(UNetConfig(**skip)), seed).eval()
+    assert torch.allclose(with_skip(x, t, z), plain(x, t, z) + coef * x, atol=1e-6)
+
+
+def test_input_skip_must_match_the_diffusion_schedule():
+    from diffae import DiffAE
+    from diffusion import Diffusion
+    cfg = UNetConfig(**SMALL, cond_dim=8, input_skip={"T": 1000, "schedule": "linear"})
+    enc = EncoderConfig(res=16, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(), z_dim=8)
+    DiffAE(cfg, enc, Diffusion(T=1000))
+    with pytest.raises(ValueError, match="input_skip"):
+        DiffAE(cfg, enc, Diffusion(T=1000, schedule="cosine"))
