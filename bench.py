@@ -3,6 +3,7 @@
     python bench.py                                  # toy32 Diff-AE on this machine's CPU
     python bench.py --preset ffhq128 --device cuda --peak-tflops 800 --json bench.json
     python bench.py --official /path/to/diffae       # also time the official Diff-AE model, same architecture
+    python bench.py --preset ffhq128 --model pdae    # PDAE around a frozen DDIM of that preset (§4.1's throughput)
 
 Times are medians over --iters synchronised repetitions after --warmup. FLOPs are counted once
 with torch.utils.flop_counter (forward + backward of one training step). --official takes a
@@ -69,6 +70,26 @@ def official_model(path, kind, p, res):
     return cfg.make_model(), lambda m, x, t, x0: m(x, t, x_start=x0).pred
 
 
+def make_model(kind, unet_cfg, enc_cfg, p, res):
+    """An untrained model of the preset: weights do not change the timings."""
+    if kind == "pdae":
+        import pdae
+        return pdae.PDAE(unet_cfg, pdae.PDAEEncoder(pdae.encoder_config(res, p)), Diffusion(), p.get("gamma", 0.1))
+    ck = {"kind": kind, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),
+                                       diffusion={"T": 1000, "schedule": "linear"})}
+    return checkpoint.make_model(ck)
+
+
+def noise_predictor(model, kind, x0, kind_of_shift="ddim"):
+    """eps(x_t, t) of each model for the images x0: the DDIM ignores them, the autoencoders encode them."""
+    if kind == "ddim":
+        return lambda x, t: model(x, t)
+    z = model.encoder(x0)
+    if kind == "pdae":  # eps_theta - c_t G: Eq. 7's c_t in training, Eq. 6's for DDIM sampling
+        return model.eps_fn(z, kind=kind_of_shift)
+    return lambda x, t: model.unet(x, t, z)
+
+
 def bench_train(model, forward, args, device, amp_dtype, res, B):
     """Median seconds of one training step (forward, backward, clip, Adam) and its FLOPs."""
     d = Diffusion()
@@ -97,7 +118,8 @@ def bench_train(model, forward, args, device, amp_dtype, res, B):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="toy32", choices=list(train.PRESETS))
-    ap.add_argument("--model", default="diffae", choices=["ddim", "diffae"])
+    ap.add_argument("--model", default="diffae", choices=["ddim", "diffae", "pdae"],
+                    help="pdae: an encoder and G_psi trained around a frozen (here untrained) DDIM of the preset")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     ap.add_argument("--warmup", type=int, default=3)
@@ -115,6 +137,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
+    if args.official and args.model == "pdae":
+        ap.error("--official times phizaz/diffae, which has no PDAE: drop --official or use --model ddim|diffae")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     p = train.PRESETS[args.preset]
     res, B = p["res"], args.batch_size or p["batch_size"]
@@ -137,7 +161,8 @@ def main(argv=None):
         row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
                    train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
                    achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
-                   params_m=sum(q.numel() for q in model.parameters()) / 1e6)
+                   params_m=sum(q.numel() for q in model.parameters()) / 1e6,
+                   trained_params_m=sum(q.numel() for q in model.parameters() if q.requires_grad) / 1e6)
         if args.peak_tflops:
             row["mfu"] = row["achieved_tflops"] / args.peak_tflops
         rows.append(row)
@@ -153,10 +178,8 @@ def main(argv=None):
             unet_cfg.norm_groups, unet_cfg.input_skip = 32, None
             if enc_cfg is not None:
                 enc_cfg.norm_groups = 32
-        ck = {"kind": args.model, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),
-                                                 diffusion={"T": 1000, "schedule": "linear"})}
-        model = checkpoint.make_model(ck)
-        forward = (lambda m, x, t, x0: m(x, t)) if args.model == "ddim" else (lambda m, x, t, x0: m.unet(x, t, m.encoder(x0)))
+        model = make_model(args.model, unet_cfg, enc_cfg, p, res)
+        forward = lambda m, x, t, x0: noise_predictor(m, args.model, x0, kind_of_shift="ddpm")(x, t)
         row = report("ours", model, forward)
         ours = (model, forward)
         # sampling and inversion throughput, in inference mode with the same autocast
@@ -165,8 +188,7 @@ def main(argv=None):
         SB = args.sample_batch or B
         x0 = torch.rand(SB, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            z = model.encoder(x0) if args.model == "diffae" else None
-            f = (lambda x, t: model(x, t)) if args.model == "ddim" else (lambda x, t: model.unet(x, t, z))
+            f = noise_predictor(model, args.model, x0)
             for T in [int(s) for s in args.sample_T.split(",")]:
                 s_sample = timed(lambda: d.ddim_sample(f, torch.randn_like(x0), T), device, 1, max(1, args.iters // 3))
                 s_invert = timed(lambda: d.ddim_invert(f, x0, T), device, 1, max(1, args.iters // 3))

@@ -249,7 +249,7 @@ def training_codes(model, ck, args, n=None):
             ds = data.with_labels(ds, args.labels_csv)
     except data.DatasetError as e:
         raise SystemExit(usage(str(e)))
-    n = min(n or args.probe_train, len(ds))
+    n = min(n or 5000, len(ds))  # 5000 codes make a stable direction (App. A.2) in seconds
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=g)[:n]
     if hasattr(ds, "tensors") and not args.labels_csv:
@@ -382,7 +382,7 @@ def cmd_conditional(kind, model, d, ck, args):
     import classifier
     if kind == "ddim" or model.latent is None:
         raise SystemExit(usage("conditional needs an autoencoder with a latent DDIM (train.py --model latent)"))
-    z, y, names = training_codes(model, ck, args, n=max(args.probe_train, 10_100))
+    z, y, names = training_codes(model, ck, args, n=10_100)
     a = attribute_index(names, args.attr)
     g = torch.Generator().manual_seed(args.seed)
     pos = torch.nonzero(y[:, a] == 1).flatten()
@@ -619,7 +619,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="eval: skip the linear probe on z_sem")
     ap.add_argument("--no-judge", dest="judge", action="store_false", help="eval: skip the attribute judge")
-    ap.add_argument("--probe-train", type=int, default=5000, help="eval: training images for the probe")
+    ap.add_argument("--probe-train", type=int, default=10_000,
+                    help="eval: training images for the probe (toyfaces has 10000; its L2 strength is cross-validated on them)")
     ap.add_argument("--images", nargs="+", default=None, help="your own image files instead of held-out data")
     ap.add_argument("--data", default=None, help="dataset to draw held-out images from (default: the checkpoint's)")
     ap.add_argument("--data-dir", default=None)

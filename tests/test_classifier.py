@@ -194,3 +194,22 @@ def test_probe_accuracy_on_predictable_codes(seed):
     assert len(result["per_attribute"]) == 3
     assert min(result["per_attribute"]) >= 0.9
     assert result["mean"] == pytest.approx(sum(result["per_attribute"]) / 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probe_cross_validation_sees_no_test_labels_and_fits_each_attribute_alone(seed):
+    """The chosen L2 strengths depend on training codes only, and each attribute's accuracy is the
+    one a probe with that attribute's strength gets: attributes are independent problems."""
+    x, z, w, g = synthetic_codes(1500, 64, seed)
+    W = torch.cat([w[:, None], torch.randn(64, 2, generator=g)], 1)
+    y = (x @ W + 2.0 * torch.randn(1500, 3, generator=g) > 0).float()  # noisy labels: the penalty matters
+    ztr, ytr, zte, yte = z[:1000], y[:1000], z[1000:], y[1000:]
+    grid = (1e-4, 1e-2, 1.0)
+    res = probe_accuracy(ztr, ytr, zte, yte, grid=grid)
+    flipped = probe_accuracy(ztr, ytr, zte, 1 - yte, grid=grid)
+    assert res["weight_decay"] == flipped["weight_decay"]
+    assert all(any(abs(v - g_) < 1e-9 * max(g_, 1) for g_ in grid) for v in res["weight_decay"])
+    for a, wd in enumerate(res["weight_decay"]):
+        alone = probe_accuracy(ztr, ytr[:, a:a + 1], zte, yte[:, a:a + 1], weight_decay=wd)
+        assert alone["per_attribute"][0] == pytest.approx(res["per_attribute"][a], abs=1e-6)
+
