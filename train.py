@@ -263,7 +263,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     if kind == "pdae":
         import pdae
-        model, config = pdae.build_for_training(args, p)
+        if resume is not None:  # the checkpoint holds the frozen DPM too: no --pretrained needed
+            config = {k: v for k, v in resume["config"].items() if k != "train"}
+            config["unet"] = {**config["unet"], "grad_checkpoint": args.grad_checkpoint}
+            model = pdae.PDAE.from_config(config)
+        else:
+            model, config = pdae.build_for_training(args, p)
         diffusion = model.diffusion
     else:
         diffusion = Diffusion(T=1000, schedule="linear")

@@ -124,3 +124,18 @@ def test_input_skip_and_t_weights_are_kept_by_the_checkpoint_and_resume(tmp_path
     assert ck["config"]["unet"]["input_skip"] == {"T": 1000, "schedule": "linear"}
     assert ck["config"]["train"]["hparams"]["t_weights"] == "pdae"
     assert checkpoint.build(ck).unet.cfg.input_skip is not None
+
+
+def test_pdae_resume_continues_exactly_without_pretrained(tmp_path):
+    """A PDAE checkpoint holds its frozen DPM, so --resume needs nothing else and matches one long run."""
+    assert run(tmp_path, tmp_path / "ddim", "--model", "ddim", "--steps", "1") == 0
+    pre = str(tmp_path / "ddim" / "ckpt.pt")
+    assert run(tmp_path, tmp_path / "a", "--model", "pdae", "--pretrained", pre, "--steps", "3") == 0
+    assert run(tmp_path, tmp_path / "b", "--model", "pdae", "--pretrained", pre, "--steps", "1") == 0
+    assert train.main(["--resume", str(tmp_path / "b" / "ckpt.pt"), "--steps", "3", "--log-every", "1000"]) == 0
+    a, b = checkpoint.load(tmp_path / "a" / "ckpt.pt"), checkpoint.load(tmp_path / "b" / "ckpt.pt")
+    assert a["kind"] == b["kind"] == "pdae" and a["step"] == b["step"] == 3
+    assert a["config"]["pdae"]["pretrained_sha256"] == b["config"]["pdae"]["pretrained_sha256"]
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
