@@ -196,6 +196,8 @@ def parse_args(argv=None):
                     help="--model pdae: learn z from images (representation learning) or condition G on labels (§4.6)")
     ap.add_argument("--n-train", type=int, default=None, help="toyfaces: training set size")
     ap.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: ~10 per run)")
+    ap.add_argument("--keep-every", type=int, default=None,
+                    help="steps between kept snapshots OUT/ckpt_STEP.pt (learning curves; each can be --resume'd or sampled)")
     ap.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same global batch)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 8 on CUDA, 0 on CPU)")
@@ -250,6 +252,8 @@ def main(argv=None):
         args.res = args.res or p["res"]
         args.steps = args.steps or max(1, p["images"] // p["batch_size"])
         args.out = args.out or os.path.join("runs", f"{kind}-{args.data}{args.res}")
+    if args.keep_every is not None and args.keep_every < 1:
+        raise SystemExit(usage_error(f"--keep-every must be a positive number of steps, got {args.keep_every}"))
     if p["batch_size"] % (world * args.grad_accum):
         raise SystemExit(usage_error(f"batch size {p['batch_size']} is not divisible by world size {world} x grad-accum {args.grad_accum}"))
 
@@ -328,6 +332,8 @@ def main(argv=None):
               "optimizer": opt.state_dict(), "step": step, "images_seen": images_seen,
               "rng": {"torch": torch.get_rng_state()}}
         checkpoint.save(ck_path, ck)
+        if args.keep_every and step % args.keep_every == 0:
+            checkpoint.save(os.path.join(args.out, f"ckpt_{step:07d}.pt"), ck)
         if preview is not None:
             write_preview(kind, ck, preview, os.path.join(args.out, f"preview_{step:07d}.png"))
 
@@ -384,7 +390,7 @@ def main(argv=None):
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             t_last, n_last, loss_sum, loss_n = now, images_seen, 0.0, 0
-        if master and (step % save_every == 0 or step == args.steps):
+        if master and (step % save_every == 0 or step == args.steps or (args.keep_every and step % args.keep_every == 0)):
             t_save = time.time()
             save()
             t_last += time.time() - t_save  # checkpoints and previews do not count against images/s

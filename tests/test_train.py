@@ -139,3 +139,27 @@ def test_pdae_resume_continues_exactly_without_pretrained(tmp_path):
     for key in ("model", "ema"):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
+
+
+def test_keep_every_snapshots_are_the_run_at_that_step(tmp_path):
+    """--keep-every 2 keeps ckpt_0000002.pt and ckpt_0000004.pt; the last is the final checkpoint,
+    and resuming the first reproduces it (a snapshot is a full checkpoint, as for learning curves)."""
+    assert run(tmp_path, tmp_path / "k", "--steps", "4", "--keep-every", "2") == 0
+    snaps = sorted(p.name for p in (tmp_path / "k").glob("ckpt_*.pt"))
+    assert snaps == ["ckpt_0000002.pt", "ckpt_0000004.pt"]
+    final, last = checkpoint.load(tmp_path / "k" / "ckpt.pt"), checkpoint.load(tmp_path / "k" / "ckpt_0000004.pt")
+    assert all(torch.equal(final["ema"][k], last["ema"][k]) for k in final["ema"])
+    first = checkpoint.load(tmp_path / "k" / "ckpt_0000002.pt")
+    assert first["step"] == 2 and not all(torch.equal(first["ema"][k], final["ema"][k]) for k in final["ema"])
+    os.makedirs(tmp_path / "r")
+    os.replace(tmp_path / "k" / "ckpt_0000002.pt", tmp_path / "r" / "ckpt.pt")
+    assert train.main(["--resume", str(tmp_path / "r" / "ckpt.pt"), "--out", str(tmp_path / "r"), "--steps", "4",
+                       "--log-every", "1000"]) == 0
+    resumed = checkpoint.load(tmp_path / "r" / "ckpt.pt")
+    assert all(torch.equal(final["ema"][k], resumed["ema"][k]) for k in final["ema"])
+
+
+def test_keep_every_must_be_positive(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, tmp_path / "z", "--steps", "1", "--keep-every", "0")
+    assert e.value.code == 2
