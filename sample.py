@@ -180,10 +180,15 @@ def cmd_eval(kind, model, d, ck, args):
     import metrics
     x, y, names = held_out(ck, args.n, args)
     steps_list = [int(s) for s in args.T.split(",")]
+    modes = [m for m in args.x_T.split(",") if m]
+    if not modes or set(modes) - {"inferred", "random"}:
+        raise SystemExit(usage(f"--x-T takes inferred, random or both (comma-separated), got {args.x_T!r}"))
+    if kind == "ddim":
+        modes = ["inferred"]  # a random x_T carries nothing of the input without a z_sem
     results = {"checkpoint": args.ckpt, "kind": kind, "n_images": len(x), "rows": []}
     g = torch.Generator().manual_seed(args.seed)
     for steps in steps_list:
-        for xT_mode in (["inferred", "random"] if kind != "ddim" else ["inferred"]):
+        for xT_mode in modes:
             mse, ssim, recs = [], [], []
             t0 = time.time()
             with torch.inference_mode():
@@ -617,6 +622,7 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=7, help="interpolate/vary: images per row")
     ap.add_argument("--T", default="10,20,50,100", help="eval: comma-separated DDIM step counts")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--x-T", dest="x_T", default="inferred,random", help="eval: the x_T rows, inferred and/or random")
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="eval: skip the linear probe on z_sem")
     ap.add_argument("--no-judge", dest="judge", action="store_false", help="eval: skip the attribute judge")
     ap.add_argument("--probe-train", type=int, default=10_000,

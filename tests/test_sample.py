@@ -101,6 +101,14 @@ def test_eval_writes_table2_rows(ckpts):
     assert sample.main(["--ckpt", str(ckpts / "ddim" / "ckpt.pt"), "eval", "--T", "2", "--n", "4", "--out",
                         str(ckpts / "eval_ddim")]) == 0
     assert [r["x_T"] for r in json.load(open(ckpts / "eval_ddim" / "eval.json"))["rows"]] == ["inferred"]
+    # --x-T inferred: the same inferred rows alone (a learning curve needs no random-x_T decodings)
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--T", "2,3", "--n", "4", "--out",
+                        str(ckpts / "eval_inf"), "--x-T", "inferred", "--no-probe"]) == 0
+    inf = json.load(open(ckpts / "eval_inf" / "eval.json"))["rows"]
+    assert [(r["T"], r["x_T"], r["mse"]) for r in inf] == [(r["T"], r["x_T"], r["mse"]) for r in res["rows"][::2]]
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--x-T", "inverted", "--out", str(ckpts / "x")])
+    assert e.value.code == 2
 
 
 def test_manipulation_with_scale_zero_is_the_plain_reconstruction(ckpts):
