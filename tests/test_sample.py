@@ -1,6 +1,7 @@
 """sample.py: every subcommand runs from a checkpoint alone and writes its figure or table."""
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -98,6 +99,14 @@ def test_eval_writes_table2_rows(ckpts):
     assert [(r["T"], r["x_T"]) for r in res["rows"]] == [(2, "inferred"), (2, "random"), (3, "inferred"), (3, "random")]
     assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 for r in res["rows"])
     assert 0 <= res["probe"]["mean"] <= 1
+    # the control probe: an untrained encoder of the same architecture, seeded, so it is the same every time
+    control = res["probe"]["untrained_encoder"]
+    assert 0 <= control["mean"] <= 1 and len(control["per_attribute"]) == len(res["probe"]["per_attribute"])
+    ck = checkpoint.load(ckpts / "ae" / "ckpt.pt")
+    args = types.SimpleNamespace(probe_train=64, device=torch.device("cpu"))
+    torch.manual_seed(123)
+    fresh = checkpoint.make_model({"kind": ck["kind"], "config": ck["config"]}).eval()  # another random init
+    assert sample.probe(fresh, ck, args)["untrained_encoder"] == control
     assert sample.main(["--ckpt", str(ckpts / "ddim" / "ckpt.pt"), "eval", "--T", "2", "--n", "4", "--out",
                         str(ckpts / "eval_ddim")]) == 0
     assert [r["x_T"] for r in json.load(open(ckpts / "eval_ddim" / "eval.json"))["rows"]] == ["inferred"]
