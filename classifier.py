@@ -245,8 +245,8 @@ def probe_accuracy(z_train, y_train, z_test, y_test, weight_decay=None, folds=5,
 def cross_validate_weight_decay(z, y, folds, grid):
     """Per attribute, the L2 strength of `grid` with the best mean held-out-fold balanced accuracy.
 
-    Folds are contiguous slices (the codes come in dataset order, which is already random for
-    toyfaces and for a shuffled image folder); ties go to the larger strength.
+    Folds are contiguous slices of the codes in the order given (toyfaces' and CelebA's orders
+    carry no structure; shuffle codes that are sorted by class first); ties go to the larger strength.
     """
     n = len(z)
     score = torch.zeros(len(grid), y.shape[1])
