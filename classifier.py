@@ -154,20 +154,6 @@ def attribute_direction(probe, index=0):
     return w / w.norm()
 
 
-def orthogonalize(direction, others):
-    """A unit direction that moves no other attribute's probe: `direction` minus its projection on
-    the span of `others` (a list of directions), renormalised. InterFaceGAN's "conditional
-    manipulation", not in Diff-AE: probes on z_sem are not orthogonal, so a plain step along one
-    attribute also moves the codes across the others' hyperplanes."""
-    if not others:
-        return direction
-    basis, _ = torch.linalg.qr(torch.stack(list(others), dim=1))  # (D, k), orthonormal columns
-    d = direction - basis @ (basis.T @ direction)
-    if d.norm() < 1e-6 * direction.norm():
-        raise ValueError("the direction lies in the span of the attributes to keep: nothing is left to move along")
-    return d / d.norm()
-
-
 def manipulate(z, direction, scale, mean, std):
     """Diff-AE §5.3: move z along a unit direction in normalised space and map back.
 

@@ -287,17 +287,16 @@ def attribute_index(names, attr):
     return names.index(attr)
 
 
-def direction_for(model, ck, args, attr=None):
+def direction_for(model, ck, args):
     """The attribute's direction in normalised z space (App. A.2), trained once and cached beside the checkpoint."""
     import classifier
-    attr = attr or args.attr
     tag = os.path.splitext(os.path.basename(args.labels_csv))[0] if args.labels_csv else (args.data or ck["config"].get("train", {}).get("data"))
-    path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions", f"{tag}_{attr}.pt")
+    path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions", f"{tag}_{args.attr}.pt")
     if os.path.exists(path):
         c = torch.load(path, weights_only=True)
         return c["direction"], c["mean"], c["std"]
     z, y, names = training_codes(model, ck, args)
-    col = y[:, attribute_index(names, attr)]
+    col = y[:, attribute_index(names, args.attr)]
     mean, std = classifier.code_stats(z)
     zn = classifier.normalize(z, mean, std)
     binary = bool(torch.all((col == 0) | (col == 1)))
@@ -308,7 +307,7 @@ def direction_for(model, ck, args, attr=None):
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save({"direction": direction, "mean": mean, "std": std, "binary": binary, "n": len(z)}, tmp)
     os.replace(tmp, path)
-    print(f"trained a {'logistic' if binary else 'linear'} probe for {attr} on {len(z)} codes; cached at {path}")
+    print(f"trained a {'logistic' if binary else 'linear'} probe for {args.attr} on {len(z)} codes; cached at {path}")
     return direction, mean, std
 
 
@@ -318,11 +317,6 @@ def cmd_manipulate(kind, model, d, ck, args):
     if kind == "ddim":
         raise SystemExit(usage("manipulate needs a semantic code: use a Diff-AE or PDAE checkpoint"))
     direction, mean, std = direction_for(model, ck, args)
-    keep = [a for a in (args.keep or "").split(",") if a]
-    if args.attr in keep:
-        raise SystemExit(usage(f"--keep names {args.attr}, the attribute being changed"))
-    if keep:  # hold these attributes: step only orthogonally to their directions
-        direction = classifier.orthogonalize(direction, [direction_for(model, ck, args, a)[0] for a in keep])
     scales = [float(s) for s in args.scale.split(",")]
     x, y, names = held_out(ck, args.n, args)
     if args.measure:
@@ -650,8 +644,6 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)")
     ap.add_argument("--attr", default="Smiling", help="manipulate/conditional: the attribute (a label column)")
-    ap.add_argument("--keep", default=None,
-                    help="manipulate: comma-separated attributes to hold fixed (the direction is projected off theirs)")
     ap.add_argument("--scale", default="-0.4,-0.2,0,0.2,0.4",
                     help="manipulate: comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3)")
     ap.add_argument("--measure", action="store_true", help="manipulate: measure flip rates with the toyfaces judge")
