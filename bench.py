@@ -172,7 +172,7 @@ def main(argv=None):
         return row
 
     if not args.skip_ours:
-        unet_cfg, enc_cfg = train.model_configs(args.model, p, res)
+        unet_cfg, enc_cfg = train.model_configs(args.model, p, res, Diffusion())
         unet_cfg.grad_checkpoint = args.grad_checkpoint
         if args.official:  # the official code: 32 GroupNorm groups, no eps input skip; time the same architecture
             unet_cfg.norm_groups, unet_cfg.input_skip = 32, None

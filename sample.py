@@ -291,7 +291,8 @@ def direction_for(model, ck, args):
     """The attribute's direction in normalised z space (App. A.2), trained once and cached beside the checkpoint."""
     import classifier
     tag = os.path.splitext(os.path.basename(args.labels_csv))[0] if args.labels_csv else (args.data or ck["config"].get("train", {}).get("data"))
-    path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions", f"{tag}_{args.attr}.pt")
+    path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions",
+                        f"{tag}_{args.attr}_wd{args.direction_l2:g}.pt")  # the L2 in the name: a cache per strength
     if os.path.exists(path):
         c = torch.load(path, weights_only=True)
         return c["direction"], c["mean"], c["std"]
@@ -301,7 +302,8 @@ def direction_for(model, ck, args):
     zn = classifier.normalize(z, mean, std)
     binary = bool(torch.all((col == 0) | (col == 1)))
     # a binary label gets logistic regression; a continuous one (head pose, age) a ridge regression
-    probe = classifier.fit_logistic(zn, col[:, None]) if binary else classifier.fit_linear_regression(zn, col[:, None])
+    probe = (classifier.fit_logistic(zn, col[:, None], weight_decay=args.direction_l2) if binary
+             else classifier.fit_linear_regression(zn, col[:, None]))
     direction = classifier.attribute_direction(probe)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -461,6 +463,9 @@ def cmd_eval_samples(kind, model, d, ck, args):
         results["rows"].append(row)
         print(f"T={steps:<4d} toy FD {row['toy_fd']:.3f}  max |rate - data rate| {row['max_rate_gap']:.3f}"
               + (f"  FID {row['fid']:.2f}" if "fid" in row else "") + f"  ({row['seconds']}s)", flush=True)
+        # each rate is a fraction of n images on both sides: its standard error is ~0.5/sqrt(n)
+        print("       rates, samples / data: " + ", ".join(f"{a} {r:.2f}/{q:.2f}" for a, r, q in
+                                                      zip(judge.attributes, rates.tolist(), real_rates.tolist())), flush=True)
     results["data_attribute_rates"] = dict(zip(judge.attributes, real_rates.tolist()))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "eval_samples.json")
@@ -646,6 +651,9 @@ def main(argv=None):
     ap.add_argument("--attr", default="Smiling", help="manipulate/conditional: the attribute (a label column)")
     ap.add_argument("--scale", default="-0.4,-0.2,0,0.2,0.4",
                     help="manipulate: comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3)")
+    ap.add_argument("--direction-l2", type=float, default=None,
+                    help="manipulate: L2 strength of the logistic probe whose normal is the direction "
+                         "(default classifier.DIRECTION_WEIGHT_DECAY = 0.1; smaller = sharper classifier, more side effects)")
     ap.add_argument("--measure", action="store_true", help="manipulate: measure flip rates with the toyfaces judge")
     ap.add_argument("--labels", default="binary", choices=["binary", "pu"], help="conditional: Table 3's setups")
     ap.add_argument("--labels-csv", default=None, help="your labels: CSV with columns file,label1,... (binary or continuous)")
@@ -658,6 +666,11 @@ def main(argv=None):
     args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
     args.n = args.n or (256 if args.command in ("eval", "eval-samples") else 8)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.direction_l2 is None:
+        import classifier
+        args.direction_l2 = classifier.DIRECTION_WEIGHT_DECAY
+    elif not args.direction_l2 > 0:
+        return usage(f"--direction-l2 must be a positive number, got {args.direction_l2}")
     torch.manual_seed(args.seed)
     try:
         ck = checkpoint.load(args.ckpt)

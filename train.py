@@ -80,13 +80,13 @@ def usage_error(msg):
     return 2
 
 
-def model_configs(kind, p, res):
+def model_configs(kind, p, res, diffusion):
     from encoder import EncoderConfig
     from unet import UNetConfig
     unet = UNetConfig(res=res, ch=p["ch"], ch_mult=tuple(p["ch_mult"]), num_res_blocks=p["num_res_blocks"],
                       attn_res=tuple(p["attn_res"]), dropout=p["dropout"], embed_dim=p["embed_dim"],
                       cond_dim=p["z_dim"] if kind == "diffae" else None, norm_groups=p.get("norm_groups", 32),
-                      input_skip={"T": 1000, "schedule": "linear"} if p.get("input_skip") else None)
+                      input_skip={"T": diffusion.T, "schedule": diffusion.schedule} if p.get("input_skip") else None)
     enc = EncoderConfig(res=res, ch=p["ch"], ch_mult=tuple(p["enc_ch_mult"]), num_res_blocks=p["num_res_blocks"],
                         attn_res=tuple(p["attn_res"]), z_dim=p["z_dim"],
                         norm_groups=p.get("norm_groups", 32)) if kind == "diffae" else None
@@ -276,7 +276,7 @@ def main(argv=None):
         diffusion = model.diffusion
     else:
         diffusion = Diffusion(T=1000, schedule="linear")
-        unet_cfg, enc_cfg = model_configs(kind, p, args.res)
+        unet_cfg, enc_cfg = model_configs(kind, p, args.res, diffusion)
         unet_cfg.grad_checkpoint = args.grad_checkpoint
         config = checkpoint.configs(unet=unet_cfg, encoder=enc_cfg)
         config["diffusion"] = {"T": diffusion.T, "schedule": diffusion.schedule}

@@ -213,3 +213,27 @@ def test_probe_cross_validation_sees_no_test_labels_and_fits_each_attribute_alon
         alone = probe_accuracy(ztr, ytr[:, a:a + 1], zte, yte[:, a:a + 1], weight_decay=wd)
         assert alone["per_attribute"][0] == pytest.approx(res["per_attribute"][a], abs=1e-6)
 
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_strong_l2_direction_tends_to_class_mean_difference(seed):
+    # two correlated dimensions (rho 0.8), the label set by dimension 0 alone: the sharpest classifier's
+    # normal is e_0, but the classes' means differ along (1, rho). Growing L2 moves the normal from the
+    # one to the other, and a unit step along it grows less unlikely under the codes' Gaussian
+    # (smaller Mahalanobis length): why DIRECTION_WEIGHT_DECAY is not the best classifier's strength.
+    g = torch.Generator().manual_seed(seed)
+    n, d, rho = 4000, 6, 0.8
+    x = torch.randn(n, d, generator=g)
+    x[:, 1] = rho * x[:, 0] + math.sqrt(1 - rho ** 2) * x[:, 1]
+    y = (x[:, 0] + 0.3 * torch.randn(n, generator=g) > 0.4).float()  # unbalanced on purpose
+    zn = normalize(x, *code_stats(x))
+    mean_diff = zn[y == 1].mean(0) - zn[y == 0].mean(0)
+    mean_diff = mean_diff / mean_diff.norm()
+    prec = torch.linalg.inv(torch.cov(zn.T))
+    dirs = [attribute_direction(fit_logistic(zn, y, weight_decay=wd)) for wd in (1e-4, 1e-2, 1.0, 1e3)]
+    to_mean = [float(v @ mean_diff) for v in dirs]
+    mahal = [float(v @ prec @ v) for v in dirs]
+    assert abs(float(dirs[0] @ torch.eye(d)[0])) >= 0.97 and to_mean[0] <= 0.85
+    assert to_mean[-1] >= 0.999
+    assert all(a < b for a, b in zip(to_mean, to_mean[1:]))
+    assert all(a > b for a, b in zip(mahal, mahal[1:]))

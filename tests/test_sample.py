@@ -131,6 +131,17 @@ def test_manipulation_with_scale_zero_is_the_plain_reconstruction(ckpts):
         assert torch.equal(sample.decode("diffae", model, d, moved, x_T, 4), model.reconstruct(x, 4))
 
 
+def test_direction_is_cached_per_l2_strength(ckpts):
+    out, lat = ckpts / "dir_l2", ckpts / "lat" / "ckpt.pt"
+    for wd in ("0.1", "0.001"):
+        assert sample.main(["--ckpt", str(lat), "manipulate", "--attr", "Beard", "--scale", "0,0.3", "--n", "2",
+                            "--steps", "2", "--direction-l2", wd, "--out", str(out)]) == 0
+    a, b = (torch.load(ckpts / "lat" / "directions" / f"toyfaces_Beard_wd{wd}.pt", weights_only=True)["direction"]
+            for wd in ("0.1", "0.001"))
+    assert abs(float(a.norm()) - 1) < 1e-5 and not torch.allclose(a, b)
+    assert sample.main(["--ckpt", str(lat), "manipulate", "--direction-l2", "0", "--out", str(out)]) == 2
+
+
 def test_reconstruct_works_on_an_official_checkpoint_as_is(tmp_path, monkeypatch):
     official = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official-diffae",
                             "diffae_autoenc_tiny.ckpt")
