@@ -653,7 +653,7 @@ def main(argv=None):
                     help="manipulate: comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3)")
     ap.add_argument("--direction-l2", type=float, default=None,
                     help="manipulate: L2 strength of the logistic probe whose normal is the direction "
-                         "(default classifier.DIRECTION_WEIGHT_DECAY = 0.1; smaller = sharper classifier, more side effects)")
+                         "(default classifier.DIRECTION_WEIGHT_DECAY = 0.1; smaller: a sharper classifier, a step further off the codes' distribution)")
     ap.add_argument("--measure", action="store_true", help="manipulate: measure flip rates with the toyfaces judge")
     ap.add_argument("--labels", default="binary", choices=["binary", "pu"], help="conditional: Table 3's setups")
     ap.add_argument("--labels-csv", default=None, help="your labels: CSV with columns file,label1,... (binary or continuous)")
