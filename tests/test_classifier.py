@@ -214,7 +214,6 @@ def test_probe_cross_validation_sees_no_test_labels_and_fits_each_attribute_alon
         assert alone["per_attribute"][0] == pytest.approx(res["per_attribute"][a], abs=1e-6)
 
 
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_strong_l2_direction_tends_to_class_mean_difference(seed):
     # two correlated dimensions (rho 0.8), the label set by dimension 0 alone: the sharpest classifier's
