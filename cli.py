@@ -58,3 +58,21 @@ nonnegative_int = ranged(int, 0)
 positive_float = ranged(float, 0, lo_open=True)
 finite_float = ranged(float)
 seed_int = ranged(int, 0, 2**63 - 1)
+
+
+def pick_device(name):
+    """--device: None means CUDA when there is one, else the CPU; a device that is not there is a usage error."""
+    import torch
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        usage_error(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        usage_error(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        usage_error(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type not in ("cpu", "cuda"):
+        usage_error(f"--device {name}: only cpu and cuda are supported")
+    return dev
