@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import checkpoint
 import train
 from diffusion import Diffusion
+from encoder import PDAEEncoder
 
 
 def sync(device):
@@ -74,7 +75,7 @@ def make_model(kind, unet_cfg, enc_cfg, p, res):
     """An untrained model of the preset: weights do not change the timings."""
     if kind == "pdae":
         import pdae
-        return pdae.PDAE(unet_cfg, pdae.PDAEEncoder(pdae.encoder_config(res, p)), Diffusion(), p.get("gamma", 0.1))
+        return pdae.PDAE(unet_cfg, PDAEEncoder(train.pdae_encoder_config(res, p)), Diffusion(), p.get("gamma", 0.1))
     ck = {"kind": kind, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),
                                        diffusion={"T": 1000, "schedule": "linear"})}
     return checkpoint.make_model(ck)

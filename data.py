@@ -382,27 +382,36 @@ def _find_celebahq_anno(root):
 
 def _scan_images(root):
     """Image files under root (recursive, case-insensitive extensions), relative, sorted."""
-    found = []
-    for folder, dirs, names in os.walk(root):
+    found, unreadable = [], []
+    for folder, dirs, names in os.walk(root, onerror=unreadable.append):
         dirs.sort()
         for name in names:
             if name.lower().endswith(IMAGE_EXTS):
                 found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
+    if unreadable:
+        _warn(f"skipped {len(unreadable)} folder(s) under {root} that cannot be listed (first: "
+              f"{unreadable[0].filename}: {unreadable[0].strerror}); fix their permissions to use their images")
     return sorted(found)
 
 
-def _readable(root, files):
-    """Keep the files whose header Pillow can parse (cheap: no pixel decoding); warn once."""
-    good, bad = [], []
+def _readable(root, files, res):
+    """Keep the files whose header Pillow can parse (cheap: no pixel decoding); warn once about
+    the unreadable ones and once about those smaller than res (they are upscaled, hence blurred)."""
+    good, bad, small = [], [], []
     for f in files:
         try:
             with Image.open(os.path.join(root, f)) as img:
-                ok = min(img.size) > 0
+                ok, short = min(img.size) > 0, min(img.size)
         except Exception:  # any error while parsing the header means unreadable
-            ok = False
+            ok, short = False, 0
         (good if ok else bad).append(f)
+        if ok and short < res:
+            small.append(f"{f} ({short} px)")
     if bad:
         _warn(f"skipped {len(bad)} unreadable image(s) under {root} (first: {bad[0]})")
+    if small:
+        _warn(f"{len(small)} image(s) under {root} are smaller than {res} px on their short side and are "
+              f"upscaled (first: {small[0]}); pass a smaller --res or larger images")
     return good
 
 
@@ -416,7 +425,7 @@ class ImageFolder:
         self.root, self.res = root, res
         files = _scan_images(root)
         files = [files[i] for i in _split_indices(len(files), split)]  # before the check: stable split
-        self.files = _readable(root, files)
+        self.files = _readable(root, files, res)
         self.attr_names, self.attrs = [], torch.zeros(len(self.files), 0)
         anno = _find_celebahq_anno(root)
         if anno:

@@ -15,8 +15,6 @@ G_psi reuses the frozen UNet's input blocks and time embedding: one encoder-half
 feeds both eps_theta's decoder half and G's new middle/output blocks (Fig. 2).
 """
 import hashlib
-import math
-import sys
 from dataclasses import asdict, replace
 
 import torch
@@ -383,64 +381,3 @@ def denoise_one_step(pdae, x0, ts, z=None, generator=None):
         pre.append(d.predict_x0(x_t, tt, eps.float()))
         shifted.append(d.predict_x0(x_t, tt, eps_hat))
     return xs, pre, shifted
-
-
-# --- training set-up ----------------------------------------------------------------------------
-
-def _fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def encoder_config(res, p):
-    """A PDAEEncoderConfig for resolution res from a train.py preset: halve down to 4x4 (official layout)."""
-    n_down = max(1, int(math.log2(max(res // 4, 1))))
-    ch = min(64, p["ch"])
-    heads = 4 if ch % 4 == 0 else 1
-    return PDAEEncoderConfig(res=res, ch=ch, ch_mult=tuple(min(2 ** i, 4) for i in range(n_down)),
-                             attn_res=tuple(p.get("attn_res", ())), num_heads=heads, z_dim=p["z_dim"],
-                             norm_groups=p.get("norm_groups", 32))
-
-
-def build_for_training(args, p):
-    """train.py --model pdae: (PDAE around the frozen --pretrained DDIM, its checkpoint config).
-
-    The PDAE checkpoint holds the frozen UNet's weights too, so sampling needs only that file;
-    config["pdae"] records the pre-trained file and a sha256 of its weights. args.pdae_cond="label"
-    (if train.py has it) builds §4.6's class-conditional variant on the dataset's attributes.
-    """
-    import checkpoint
-    path = getattr(args, "pretrained", None)
-    if not path:
-        _fail("--model pdae needs --pretrained CKPT: a pre-trained DDIM (train.py --model ddim, or an official "
-              "Diff-AE DDIM baseline). PDAE keeps it frozen and trains only an encoder and G on top of it.")
-    try:
-        ck = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        _fail(str(e))
-    if ck["kind"] != "ddim":
-        _fail(f"--pretrained {path} is a {ck['kind']!r} checkpoint; PDAE needs an unconditional DDIM "
-              f"(kind 'ddim': train.py --model ddim, or an official Diff-AE DDIM baseline)")
-    unet_cfg = UNetConfig(**_tuples(ck["config"]["unet"]))
-    if args.res is not None and args.res != unet_cfg.res:
-        _fail(f"--pretrained {path} was trained at {unet_cfg.res}x{unet_cfg.res}; pass --res {unet_cfg.res}")
-    unet_cfg.grad_checkpoint = bool(getattr(args, "grad_checkpoint", False))  # for G only: the UNet is frozen
-    pretrained = checkpoint.build(ck)  # its EMA weights
-    sha = weights_sha256(pretrained.state_dict())
-
-    if (getattr(args, "pdae_cond", None) or p.get("pdae_cond", "image")) == "label":
-        import data
-        ds = data.make_dataset(args.data, unet_cfg.res, data_dir=getattr(args, "data_dir", None),
-                               split="train", n=getattr(args, "n_train", None), seed=args.seed)
-        if not ds.attr_names:
-            _fail(f"dataset {args.data!r} has no labels to condition on (§4.6 needs attributes or classes)")
-        encoder = LabelEmbedding(len(ds.attr_names), p["z_dim"])
-    else:
-        encoder = PDAEEncoder(encoder_config(unet_cfg.res, p))
-    model = PDAE(unet_cfg, encoder, checkpoint.diffusion(ck), p.get("gamma", 0.1))
-    model.unet.load_state_dict(pretrained.state_dict())
-    config = dict(model.config)
-    config["diffusion"] = dict(ck["config"].get("diffusion", config["diffusion"]))  # as the DPM was trained
-    config["pdae"] = {**config["pdae"], "pretrained_path": str(path), "pretrained_sha256": sha}
-    model.config = config
-    return model, config

@@ -1,5 +1,4 @@
 """PDAE: the weighting, the sign of the mean shift, the frozen DPM, the shared encoder half."""
-import argparse
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import pdae
 from diffusion import Diffusion
 from encoder import PDAEEncoder, PDAEEncoderConfig
 from test_unet import perturb
-from unet import UNet, UNetConfig
+from unet import UNetConfig
 
 UC = dict(res=16, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(8,), dropout=0.1, embed_dim=32)
 EC = dict(res=16, ch=16, ch_mult=(1, 2), attn_res=(), num_heads=1, z_dim=8)
@@ -249,40 +248,6 @@ def test_checkpoint_rebuilds_the_same_model():
     x, t, z = torch.randn(2, 3, 16, 16), torch.tensor([10, 80]), torch.randn(2, 8)
     with torch.no_grad():
         assert torch.equal(again.eps_fn(z)(x, t), model.eps_fn(z)(x, t))
-
-
-def _args(tmp_path, pretrained, **kw):
-    return argparse.Namespace(pretrained=pretrained, res=16, seed=0, data="toyfaces", data_dir=str(tmp_path),
-                              n_train=8, grad_checkpoint=False, **kw)
-
-
-P = dict(ch=16, z_dim=8, attn_res=(), lr=1e-3)
-
-
-def test_build_for_training_from_a_ddim_checkpoint(tmp_path, capsys):
-    torch.manual_seed(0)
-    unet = perturb(UNet(UNetConfig(**UC)))
-    ck = {"kind": "ddim", "config": {**checkpoint.configs(unet=UNetConfig(**UC)), "diffusion": {"T": T, "schedule": "linear"}},
-          "model": unet.state_dict(), "ema": unet.state_dict()}
-    checkpoint.save(tmp_path / "ddim.pt", ck)
-    model, config = pdae.build_for_training(_args(tmp_path, str(tmp_path / "ddim.pt")), P)
-    assert config["pdae"]["pretrained_sha256"] == pdae.weights_sha256(unet.state_dict()) == model.pretrained_sha256()
-    assert config["unet"]["res"] == 16 and config["diffusion"] == {"T": T, "schedule": "linear"}
-    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 95])
-    with torch.no_grad():
-        assert torch.equal(model.unet(x, t), unet.eval()(x, t))
-    # the PDAE checkpoint alone rebuilds everything, frozen UNet included
-    again = checkpoint.build({"kind": "pdae", "config": config, "ema": model.state_dict()})
-    assert again.pretrained_sha256() == config["pdae"]["pretrained_sha256"]
-
-    with pytest.raises(SystemExit) as e:  # no --pretrained
-        pdae.build_for_training(_args(tmp_path, None), P)
-    assert e.value.code == 2 and "--pretrained" in capsys.readouterr().err
-    ck["kind"] = "diffae"
-    checkpoint.save(tmp_path / "ae.pt", ck)
-    with pytest.raises(SystemExit) as e:  # not a DDIM
-        pdae.build_for_training(_args(tmp_path, str(tmp_path / "ae.pt")), P)
-    assert e.value.code == 2 and "'diffae'" in capsys.readouterr().err
 
 
 def test_label_conditioned_variant():

@@ -163,3 +163,179 @@ def test_keep_every_must_be_positive(tmp_path):
     with pytest.raises(SystemExit) as e:
         run(tmp_path, tmp_path / "z", "--steps", "1", "--keep-every", "0")
     assert e.value.code == 2
+
+
+# --- PDAE's training set-up (train.build_pdae) ------------------------------------------------
+
+def test_build_pdae_from_a_ddim_checkpoint(tmp_path, capsys):
+    import pdae
+    assert run(tmp_path, tmp_path / "ddim", "--model", "ddim", "--steps", "1") == 0
+    pre = tmp_path / "ddim" / "ckpt.pt"
+    ddim = checkpoint.build(checkpoint.load(pre))
+    args = train.parse_args(["--model", "pdae", "--pretrained", str(pre), "--preset", "tiny16", "--n-train", "8",
+                             "--data-dir", str(tmp_path / "cache")])
+    r, _, _ = train.resolve(args)
+    model = train.build_pdae(r, grad_checkpoint=False)
+    assert model.config["pdae"]["pretrained_sha256"] == pdae.weights_sha256(ddim.state_dict()) == model.pretrained_sha256()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 95])
+    with torch.no_grad():
+        assert torch.equal(model.unet(x, t), ddim(x, t))
+    again = checkpoint.build({"kind": "pdae", "config": model.config, "ema": model.state_dict()})
+    assert again.pretrained_sha256() == model.config["pdae"]["pretrained_sha256"]
+    for bad, says in ((None, "--pretrained"), (str(tmp_path / "nope.pt"), "no checkpoint")):
+        r.pretrained = bad
+        with pytest.raises(SystemExit) as e:
+            train.build_pdae(r, grad_checkpoint=False)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+# --- run folders are owned; nothing is lost --------------------------------------------------
+
+def test_a_new_run_refuses_a_folder_that_holds_another_run(tmp_path, capsys):
+    assert run(tmp_path, tmp_path / "a", "--steps", "1") == 0
+    before = (tmp_path / "a" / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, tmp_path / "a", "--steps", "1", "--model", "ddim")
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert (tmp_path / "a" / "ckpt.pt").read_bytes() == before
+
+
+def test_resume_writes_beside_the_checkpoint_not_its_recorded_folder(tmp_path):
+    import shutil
+    assert run(tmp_path, tmp_path / "src", "--steps", "1") == 0
+    before = (tmp_path / "src" / "ckpt.pt").read_bytes()
+    shutil.copytree(tmp_path / "src", tmp_path / "copy")
+    assert train.main(["--resume", str(tmp_path / "copy" / "ckpt.pt"), "--steps", "2", "--log-every", "1000"]) == 0
+    assert (tmp_path / "src" / "ckpt.pt").read_bytes() == before
+    assert checkpoint.load(tmp_path / "copy" / "ckpt.pt")["step"] == 2
+    # a snapshot resumed into its own folder would overwrite the later ckpt.pt: refused
+    assert run(tmp_path, tmp_path / "k", "--steps", "2", "--keep-every", "1") == 0
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", str(tmp_path / "k" / "ckpt_0000001.pt"), "--steps", "3"])
+    assert e.value.code == 2
+
+
+def test_lock_keeps_a_second_run_out_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+    import socket
+    out = tmp_path / "l"
+    out.mkdir()
+    (out / "train.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live process
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, out, "--steps", "1")
+    assert e.value.code == 2 and "in use" in capsys.readouterr().err
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / "train.lock").write_text(f"{dead.stdout.strip()} {socket.gethostname()}\n")  # its process is gone
+    assert run(tmp_path, out, "--steps", "1") == 0
+    assert not (out / "train.lock").exists()
+
+
+def test_ctrl_c_saves_the_last_step_and_resume_continues_exactly(tmp_path, monkeypatch, capsys):
+    import signal
+    real, calls = train.train_step, []
+
+    def interrupted_at_step_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step finishes, then the loop saves
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", interrupted_at_step_2)
+    assert run(tmp_path, tmp_path / "c", "--steps", "4") == 130
+    assert "interrupted: saved step 2" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path / "c" / "ckpt.pt")["step"] == 2
+    assert train.main(["--resume", str(tmp_path / "c" / "ckpt.pt"), "--log-every", "1000"]) == 0
+    assert run(tmp_path, tmp_path / "d", "--steps", "4") == 0
+    a, b = checkpoint.load(tmp_path / "c" / "ckpt.pt"), checkpoint.load(tmp_path / "d" / "ckpt.pt")
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+# --- every flag validated where it is parsed ---------------------------------------------------
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--steps", "-5"], ["--res", "0"], ["--res", "17"], ["--res", "-8"],
+                                 ["--grad-accum", "0"], ["--grad-accum", "-1"], ["--ema", "1.5"], ["--lr", "nan"],
+                                 ["--lr", "0"], ["--seed", "-1"], ["--batch-size", "0"], ["--amp", "fp16"],
+                                 ["--device", "cuda:7"], ["--n-train", "0"], ["--batch-size", "6", "--grad-accum", "4"]])
+def test_bad_numbers_are_usage_errors_before_any_work(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, tmp_path / "v", *bad)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error" in err and "Traceback" not in err
+    assert not (tmp_path / "v" / "ckpt.pt").exists()
+
+
+def test_resume_refuses_options_it_cannot_change(tmp_path, capsys):
+    assert run(tmp_path, tmp_path / "r", "--steps", "2") == 0
+    path = str(tmp_path / "r" / "ckpt.pt")
+    for extra in (["--lr", "0.5"], ["--model", "ddim"], ["--batch-size", "4"], ["--data", "ffhq"], ["--res", "32"]):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--resume", path, "--steps", "3", *extra])
+        assert e.value.code == 2 and "conflicts with the run being resumed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --steps is the new total: at or below the checkpoint's step is nothing to do
+        train.main(["--resume", path, "--steps", "2"])
+    assert e.value.code == 2 and "at step 2 already" in capsys.readouterr().err
+    assert train.main(["--resume", path, "--steps", "3", "--lr", "2e-4", "--log-every", "1000"]) == 0  # same value: fine
+
+
+# --- loss health: which checkpoint survives a divergence ----------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_health_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    h = train.LossHealth()
+    for v in (0.3 + 0.2 * torch.rand(200, generator=g)).tolist():  # noisy but steady: always healthy
+        h.add(v)
+        assert h.healthy()
+    assert 0.3 <= h.ref <= 0.5
+    spike = train.LossHealth(h.ref)
+    for v in [h.ref] * 10 + [1e14] * 60:  # a run blowing up: the median crosses 10x the reference
+        spike.add(v)
+    assert not spike.healthy()
+    nan = train.LossHealth(0.1)
+    nan.add(float("nan"))
+    assert not nan.healthy()
+
+
+def test_divergence_keeps_the_last_healthy_checkpoint(tmp_path, monkeypatch, capsys):
+    """A loss that blows up (finite, 1e14) after step 12: the step-20 save is refused, ckpt.pt stays at step 10."""
+    real, calls = train.train_step, []
+
+    def blowing_up(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * 1e14 if len(calls) > 12 else loss
+
+    monkeypatch.setattr(train, "train_step", blowing_up)
+    rc = run(tmp_path, tmp_path / "dv", "--steps", "40", "--save-every", "10")
+    out = capsys.readouterr().out
+    assert rc == 1 and "diverged at step 20" in out and "step 10" in out
+    assert checkpoint.load(tmp_path / "dv" / "ckpt.pt")["step"] == 10
+
+
+def test_broken_image_folder_warns_and_stops_with_one_line(tmp_path, capsys):
+    """A small image is upscaled with a warning; a file truncated past its header stops the run (rc 1), one line."""
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(8):
+        a = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(a).save(folder / f"{i}.png")
+    Image.fromarray(a[:8, :8]).save(folder / "small.png")
+    whole = (folder / "7.png").read_bytes()
+    (folder / "7.png").write_bytes(whole[: len(whole) // 2])
+    rc = train.main(["--preset", "tiny16", "--data", "mine", "--data-dir", str(folder), "--res", "16", "--out",
+                     str(tmp_path / "o"), "--device", "cpu", "--batch-size", "9", "--steps", "2", "--log-every", "1000"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "small.png" in err and "upscaled" in err and "7.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("what", ["missing", "not-torch"])
+def test_resume_of_a_bad_file_is_a_usage_error(tmp_path, capsys, what):
+    path = tmp_path / "x.pt"
+    if what == "not-torch":
+        path.write_bytes(b"hello")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", str(path), "--steps", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--resume" in err and "Traceback" not in err
