@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
+import cli
 import train
 from diffusion import Diffusion
 from encoder import PDAEEncoder
@@ -116,102 +117,116 @@ def bench_train(model, forward, args, device, amp_dtype, res, B):
     return timed(step, device, args.warmup, args.iters), fc.get_total_flops()
 
 
-def main(argv=None):
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="toy32", choices=list(train.PRESETS))
     ap.add_argument("--model", default="diffae", choices=["ddim", "diffae", "pdae"],
                     help="pdae: an encoder and G_psi trained around a frozen (here untrained) DDIM of the preset")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: the preset's")
+    ap.add_argument("--warmup", type=cli.nonnegative_int, default=3)
+    ap.add_argument("--iters", type=cli.positive_int, default=10)
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--grad-checkpoint", action="store_true")
-    ap.add_argument("--sample-T", default="20,100", help="DDIM step counts to time sampling and inversion at")
-    ap.add_argument("--sample-batch", type=int, default=None, help="images per sampling batch (default: the training batch)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the achieved fraction (MFU)")
+    ap.add_argument("--sample-T", type=cli.number_list(int, 1, 1000), default=[20, 100],
+                    help="DDIM step counts to time sampling and inversion at (default 20,100)")
+    ap.add_argument("--sample-batch", type=cli.positive_int, default=None, help="images per sampling batch (default: the training batch)")
+    ap.add_argument("--peak-tflops", type=cli.positive_float, default=None, help="the device's peak, for the achieved fraction (MFU)")
     ap.add_argument("--official", default=None, help="a checkout of phizaz/diffae to time beside ours")
     ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3, help="with --official: alternating timing rounds")
+    ap.add_argument("--rounds", type=cli.positive_int, default=3, help="with --official: alternating timing rounds")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
-
     if args.official and args.model == "pdae":
-        ap.error("--official times phizaz/diffae, which has no PDAE: drop --official or use --model ddim|diffae")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cli.usage_error("--official times phizaz/diffae, which has no PDAE: drop --official or use --model ddim|diffae")
+    return args
+
+
+def report(name, model, forward, args, device, amp, res, B):
+    """Time one training step of `model` and print and return its row."""
+    model.to(device).train()
+    if device.type == "cuda" and args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    fn = torch.compile(forward) if args.compile else forward
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sec, flops = bench_train(model, fn, args, device, amp, res, B)
+    row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
+               train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
+               achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
+               params_m=sum(q.numel() for q in model.parameters()) / 1e6,
+               trained_params_m=sum(q.numel() for q in model.parameters() if q.requires_grad) / 1e6)
+    if args.peak_tflops:
+        row["mfu"] = row["achieved_tflops"] / args.peak_tflops
+    print(f"{name:>10s}: train {B / sec:8.1f} img/s  ({sec * 1e3:.0f} ms/step, batch {B})  "
+          f"{row['gflop_per_image']:.1f} GFLOP/img  {row['achieved_tflops']:.2f} TFLOP/s"
+          + (f"  MFU {row['mfu']:.1%}" if args.peak_tflops else "") + f"  peak mem {row['peak_memory_mb']:.0f} MB", flush=True)
+    return row
+
+
+def our_model(args, p, res):
+    unet_cfg, enc_cfg = train.model_configs(args.model, p, res, Diffusion())
+    unet_cfg.grad_checkpoint = args.grad_checkpoint
+    if args.official:  # the official code: 32 GroupNorm groups, no eps input skip; time the same architecture
+        unet_cfg.norm_groups, unet_cfg.input_skip = 32, None
+        if enc_cfg is not None:
+            enc_cfg.norm_groups = 32
+    model = make_model(args.model, unet_cfg, enc_cfg, p, res)
+    return model, lambda m, x, t, x0: noise_predictor(m, args.model, x0, kind_of_shift="ddpm")(x, t)
+
+
+def bench_sampling(model, row, args, device, amp_dtype, res, SB):
+    """Sampling and inversion throughput, in inference mode with the same autocast."""
+    model.eval()
+    d = Diffusion()
+    x0 = torch.rand(SB, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        f = noise_predictor(model, args.model, x0)
+        for T in args.sample_T:
+            s_sample = timed(lambda: d.ddim_sample(f, torch.randn_like(x0), T), device, 1, max(1, args.iters // 3))
+            s_invert = timed(lambda: d.ddim_invert(f, x0, T), device, 1, max(1, args.iters // 3))
+            row[f"ddim{T}_sample_images_per_s"] = SB / s_sample
+            row[f"ddim{T}_invert_images_per_s"] = SB / s_invert
+            print(f"{'':>10s}  DDIM T={T}: sample {SB / s_sample:8.1f} img/s, invert {SB / s_invert:8.1f} img/s "
+                  f"(batch {SB})", flush=True)
+
+
+def alternate_rounds(ours, official, rows, args, device, amps, res, B):
+    """More rounds, alternating, so that a busy machine slows both alike; medians decide."""
+    t_ours, t_off = [rows[0]["train_step_s"]], [rows[1]["train_step_s"]]
+    for _ in range(args.rounds - 1):
+        ours[0].train()
+        t_ours.append(bench_train(ours[0], ours[1], args, device, amps[0], res, B)[0])
+        t_off.append(bench_train(official[0], official[1], args, device, amps[1], res, B)[0])
+    ratio = statistics.median(t_off) / statistics.median(t_ours)
+    rows[0]["train_step_s_rounds"], rows[1]["train_step_s_rounds"] = t_ours, t_off
+    rows[0]["speedup_vs_official"] = ratio
+    print(f"ours / official training throughput: {ratio:.2f}x (medians of {args.rounds} alternating rounds)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = cli.pick_device(args.device)
     p = train.PRESETS[args.preset]
     res, B = p["res"], args.batch_size or p["batch_size"]
     cuda = device.type == "cuda"
-    amp_dtype = ({"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp] if cuda
-                 else torch.bfloat16 if args.amp == "bf16" else None)  # as train.py: CPU bf16 only on request
+    amp_dtype = train.autocast_dtype(device, args.amp)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    rows = []
-
-    def report(name, model, forward, amp=amp_dtype):
-        model.to(device).train()
-        if cuda and args.channels_last:
-            model.to(memory_format=torch.channels_last)
-        run = torch.compile(forward) if args.compile else forward
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        sec, flops = bench_train(model, run, args, device, amp, res, B)
-        row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
-                   train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
-                   achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
-                   params_m=sum(q.numel() for q in model.parameters()) / 1e6,
-                   trained_params_m=sum(q.numel() for q in model.parameters() if q.requires_grad) / 1e6)
-        if args.peak_tflops:
-            row["mfu"] = row["achieved_tflops"] / args.peak_tflops
-        rows.append(row)
-        print(f"{name:>10s}: train {B / sec:8.1f} img/s  ({sec * 1e3:.0f} ms/step, batch {B})  "
-              f"{row['gflop_per_image']:.1f} GFLOP/img  {row['achieved_tflops']:.2f} TFLOP/s"
-              + (f"  MFU {row['mfu']:.1%}" if args.peak_tflops else "") + f"  peak mem {row['peak_memory_mb']:.0f} MB", flush=True)
-        return row
-
+    rows, ours = [], None
     if not args.skip_ours:
-        unet_cfg, enc_cfg = train.model_configs(args.model, p, res, Diffusion())
-        unet_cfg.grad_checkpoint = args.grad_checkpoint
-        if args.official:  # the official code: 32 GroupNorm groups, no eps input skip; time the same architecture
-            unet_cfg.norm_groups, unet_cfg.input_skip = 32, None
-            if enc_cfg is not None:
-                enc_cfg.norm_groups = 32
-        model = make_model(args.model, unet_cfg, enc_cfg, p, res)
-        forward = lambda m, x, t, x0: noise_predictor(m, args.model, x0, kind_of_shift="ddpm")(x, t)
-        row = report("ours", model, forward)
-        ours = (model, forward)
-        # sampling and inversion throughput, in inference mode with the same autocast
-        model.eval()
-        d = Diffusion()
-        SB = args.sample_batch or B
-        x0 = torch.rand(SB, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            f = noise_predictor(model, args.model, x0)
-            for T in [int(s) for s in args.sample_T.split(",")]:
-                s_sample = timed(lambda: d.ddim_sample(f, torch.randn_like(x0), T), device, 1, max(1, args.iters // 3))
-                s_invert = timed(lambda: d.ddim_invert(f, x0, T), device, 1, max(1, args.iters // 3))
-                row[f"ddim{T}_sample_images_per_s"] = SB / s_sample
-                row[f"ddim{T}_invert_images_per_s"] = SB / s_invert
-                print(f"{'':>10s}  DDIM T={T}: sample {SB / s_sample:8.1f} img/s, invert {SB / s_invert:8.1f} img/s "
-                      f"(batch {SB})", flush=True)
+        ours = our_model(args, p, res)
+        rows.append(report("ours", *ours, args, device, amp_dtype, res, B))
+        bench_sampling(ours[0], rows[-1], args, device, amp_dtype, res, args.sample_batch or B)
     if args.official:
-        model, forward = official_model(args.official, args.model, p, res)
+        official = official_model(args.official, args.model, p, res)
         off_amp = amp_dtype if cuda else None  # the official code autocasts only on CUDA
-        off = report("official", model, forward, off_amp)
-        if not args.skip_ours:
-            # more rounds, alternating, so that a busy machine slows both alike; medians decide
-            t_ours, t_off = [rows[0]["train_step_s"]], [off["train_step_s"]]
-            for _ in range(args.rounds - 1):
-                ours[0].train()
-                t_ours.append(bench_train(ours[0], ours[1], args, device, amp_dtype, res, B)[0])
-                t_off.append(bench_train(model, forward, args, device, off_amp, res, B)[0])
-            ratio = statistics.median(t_off) / statistics.median(t_ours)
-            rows[0]["train_step_s_rounds"], off["train_step_s_rounds"] = t_ours, t_off
-            print(f"ours / official training throughput: {ratio:.2f}x (medians of {args.rounds} alternating rounds)")
-            rows[0]["speedup_vs_official"] = ratio
+        rows.append(report("official", *official, args, device, off_amp, res, B))
+        if ours is not None:
+            alternate_rounds(ours, official, rows, args, device, (amp_dtype, off_amp), res, B)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
