@@ -141,8 +141,9 @@ def folder(tmp_path):
 def test_image_folder_modes_crop_and_skip(folder, capsys):
     ds = ImageFolder(str(folder), 16, split="all")
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "skipped 1 unreadable image(s)" in err[0] and str(folder) in err[0]
+    assert len(err) == 2 and "skipped 1 unreadable image(s)" in err[0] and str(folder) in err[0]
     assert "bad.png" in err[0]
+    assert "1 image(s)" in err[1] and "g.png (8 px)" in err[1] and "upscaled" in err[1]  # 8 px < res 16
     assert len(ds) == 9 and ds.attr_names == [] and "sub/deeper/c.webp" in ds.files
     for i in range(len(ds)):
         image, attrs = ds[i]
