@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 
 import checkpoint
+import classifier
+import cli
 
 
 # --- pictures -------------------------------------------------------------------------------
@@ -85,16 +87,16 @@ def held_out(ck, n, args):
         try:
             x = torch.stack([data.square_resize(data.load_rgb(f), res) for f in args.images])
         except OSError as e:
-            raise SystemExit(usage(f"cannot read --images: {e}"))
+            cli.usage_error((f"cannot read --images: {e}"))
         return x, torch.zeros(len(x), 0), []
     name = args.data or tc.get("data")
     if name is None:
-        raise SystemExit(usage("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR] or --images FILE ..."))
+        cli.usage_error(("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR] or --images FILE ..."))
     try:
         ds = data.make_dataset(name, res, data_dir=args.data_dir or tc.get("data_dir"), split="test", seed=tc.get("seed", 0))
     except data.DatasetError as e:
         if args.data or tc.get("source") != "official":
-            raise SystemExit(usage(str(e)))
+            cli.usage_error((str(e)))
         # a released checkpoint names a dataset this machine may not have: show it working on toyfaces
         print(f"note: {e}\nnote: using held-out toyfaces at {res}px instead; pass --images FILE ... or --data NAME")
         ds = data.make_dataset("toyfaces", res, split="test")
@@ -105,16 +107,11 @@ def held_out(ck, n, args):
     return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]), list(ds.attr_names)
 
 
-def usage(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
 # --- subcommands ----------------------------------------------------------------------------
 
 def require_pdae(kind, command):
     if kind != "pdae":
-        raise SystemExit(usage(f"{command} is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+        cli.usage_error((f"{command} is a PDAE figure: pass a checkpoint of train.py --model pdae"))
 
 
 def cmd_reconstruct(kind, model, d, ck, args):
@@ -129,6 +126,8 @@ def cmd_interpolate(kind, model, d, ck, args):
     x, _, _ = held_out(ck, 2 * args.n, args)
     x = x.to(args.device)
     a, b = x[0::2][:args.n], x[1::2][:args.n]
+    if len(b) == 0:
+        cli.usage_error("interpolate goes from one image to another: give at least two (--images A B, or --n 1 or more)")
     alphas = torch.linspace(0, 1, args.frames).tolist()
     rows = []
     with torch.inference_mode():
@@ -146,7 +145,7 @@ def cmd_interpolate(kind, model, d, ck, args):
 
 def cmd_vary(kind, model, d, ck, args):
     if kind == "ddim":
-        raise SystemExit(usage("vary needs a semantic code: use a Diff-AE or PDAE checkpoint"))
+        cli.usage_error(("vary needs a semantic code: use a Diff-AE or PDAE checkpoint"))
     x, _, _ = held_out(ck, args.n, args)
     x = x.to(args.device)
     g = torch.Generator().manual_seed(args.seed)
@@ -179,10 +178,10 @@ def cmd_eval(kind, model, d, ck, args):
     """Diff-AE Table 2: reconstruction MSE / SSIM at several T, with inferred and with random x_T."""
     import metrics
     x, y, names = held_out(ck, args.n, args)
-    steps_list = [int(s) for s in args.T.split(",")]
+    steps_list = list(args.T)
     modes = [m for m in args.x_T.split(",") if m]
     if not modes or set(modes) - {"inferred", "random"}:
-        raise SystemExit(usage(f"--x-T takes inferred, random or both (comma-separated), got {args.x_T!r}"))
+        cli.usage_error((f"--x-T takes inferred, random or both (comma-separated), got {args.x_T!r}"))
     if kind == "ddim":
         modes = ["inferred"]  # a random x_T carries nothing of the input without a z_sem
     results = {"checkpoint": args.ckpt, "kind": kind, "n_images": len(x), "rows": []}
@@ -258,14 +257,14 @@ def training_codes(model, ck, args, n=None):
     tc = ck["config"].get("train", {})
     name = args.data or tc.get("data")
     if name is None:
-        raise SystemExit(usage("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR]"))
+        cli.usage_error(("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR]"))
     try:
         ds = data.make_dataset(name, tc.get("res") or ck["config"]["unet"]["res"],
                                data_dir=args.data_dir or tc.get("data_dir"), split="train", seed=tc.get("seed", 0))
         if args.labels_csv:
             ds = data.with_labels(ds, args.labels_csv)
     except data.DatasetError as e:
-        raise SystemExit(usage(str(e)))
+        cli.usage_error((str(e)))
     n = min(n or 5000, len(ds))  # 5000 codes make a stable direction (App. A.2) in seconds
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=g)[:n]
@@ -282,7 +281,7 @@ def training_codes(model, ck, args, n=None):
 
 def attribute_index(names, attr):
     if attr not in names:
-        raise SystemExit(usage(f"unknown --attr {attr!r}; this dataset's labels are: {', '.join(names) or '(none)'}; "
+        cli.usage_error((f"unknown --attr {attr!r}; this dataset's labels are: {', '.join(names) or '(none)'}; "
                                f"give your own with --labels-csv FILE (columns: file,label1,...)"))
     return names.index(attr)
 
@@ -317,9 +316,9 @@ def cmd_manipulate(kind, model, d, ck, args):
     """Diff-AE §5.3 / Fig. 5: move z_sem along an attribute direction, decode with the image's own x_T."""
     import classifier
     if kind == "ddim":
-        raise SystemExit(usage("manipulate needs a semantic code: use a Diff-AE or PDAE checkpoint"))
+        cli.usage_error(("manipulate needs a semantic code: use a Diff-AE or PDAE checkpoint"))
     direction, mean, std = direction_for(model, ck, args)
-    scales = [float(s) for s in args.scale.split(",")]
+    scales = list(args.scale)
     x, y, names = held_out(ck, args.n, args)
     if args.measure:
         return measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales)
@@ -386,7 +385,7 @@ def generate(kind, model, d, n, args, z=None):
                 outs.append(decode(kind, model, d, None, x_T, args.steps).cpu())
                 continue
             if z is None and model.latent is None:
-                raise SystemExit(usage("this checkpoint has no latent DDIM; train one with "
+                cli.usage_error(("this checkpoint has no latent DDIM; train one with "
                                        "python train.py --model latent --ckpt THIS.pt"))
             zi = z[i:i + m].to(args.device) if z is not None else model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device)
             if kind == "pdae" and z is None:  # PDAE §4.8: no shift in the last 30% of steps for sampled z
@@ -400,7 +399,7 @@ def cmd_conditional(kind, model, d, ck, args):
     """Diff-AE §5.6 / Table 3: few-shot conditional sampling by rejection on a linear classifier of z_sem."""
     import classifier
     if kind == "ddim" or model.latent is None:
-        raise SystemExit(usage("conditional needs an autoencoder with a latent DDIM (train.py --model latent)"))
+        cli.usage_error(("conditional needs an autoencoder with a latent DDIM (train.py --model latent)"))
     z, y, names = training_codes(model, ck, args, n=10_100)
     a = attribute_index(names, args.attr)
     g = torch.Generator().manual_seed(args.seed)
@@ -448,7 +447,7 @@ def cmd_eval_samples(kind, model, d, ck, args):
     judge = metrics.attribute_judge(real.shape[-1])
     real_rates = (metrics.judge_apply(judge, real, judge) > 0).float().mean(0)
     results = {"checkpoint": args.ckpt, "kind": kind, "n": len(real), "rows": []}
-    for steps in [int(s) for s in args.T.split(",")]:
+    for steps in args.T:
         args.steps = steps
         t0 = time.time()
         fake = generate(kind, model, d, len(real), args)
@@ -485,7 +484,7 @@ def cmd_gap(kind, model, d, ck, args):
     import pdae
     from PIL import ImageDraw
     if kind not in ("pdae", "diffae"):
-        raise SystemExit(usage("gap compares two posterior means: pass a --model pdae or diffae checkpoint"))
+        cli.usage_error(("gap compares two posterior means: pass a --model pdae or diffae checkpoint"))
     curves = ("pretrained", "pdae") if kind == "pdae" else ("other_z", "own_z")
     labels = {"pretrained": "pre-trained DPM", "pdae": "PDAE", "other_z": "another image's z_sem", "own_z": "own z_sem"}
     x, _, _ = held_out(ck, args.n, args)
@@ -610,7 +609,7 @@ def cmd_guidance(kind, model, d, ck, args):
     x, y, _ = held_out(ck, args.n, args)
     label = isinstance(model.encoder, pdae.LabelEmbedding)
     if label and y.shape[1] != model.encoder.n_labels:
-        raise SystemExit(usage(f"this PDAE is conditioned on {model.encoder.n_labels} labels; the held-out data has {y.shape[1]}"))
+        cli.usage_error((f"this PDAE is conditioned on {model.encoder.n_labels} labels; the held-out data has {y.shape[1]}"))
     scales = [0.5 * i for i in range(7)]
     x = x.to(args.device)
     with torch.inference_mode():
@@ -630,65 +629,118 @@ COMMANDS = {"reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "var
             "interpolate-g": cmd_interpolate_g, "guidance": cmd_guidance}
 
 
-def main(argv=None):
+# --- the command line: one subparser per figure, each with only its own flags ------------------
+
+FLAGS = {
+    "steps": (cli.positive_int, None, "DDIM steps T (default 100; 10 for predict-x0; at most the model's T)"),
+    "n": (cli.positive_int, None, "number of images (default 8; 256 for eval and eval-samples)"),
+    "batch-size": (cli.positive_int, 128, "images per network batch"),
+    "frames": (cli.ranged(int, 2), 7, "images per row"),
+    "images": (str, None, "your own image files instead of held-out data"),
+    "data": (str, None, "dataset to draw held-out images from (default: the checkpoint's)"),
+    "data-dir": (str, None, "where that dataset lies"),
+    "T": (cli.number_list(int, 1), "10,20,50,100", "comma-separated DDIM step counts"),
+    "x-T": (str, "inferred,random", "the x_T rows: inferred and/or random"),
+    "probe-train": (cli.positive_int, 10_000, "training images for the probe (its L2 strength is cross-validated on them)"),
+    "attr": (str, "Smiling", "the attribute (a label column)"),
+    "scale": (cli.number_list(float), "-0.4,-0.2,0,0.2,0.4", "comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3)"),
+    "direction-l2": (cli.positive_float, None, "L2 strength of the probe whose normal is the direction (default "
+                                               "classifier.DIRECTION_WEIGHT_DECAY; smaller: sharper, further off the codes)"),
+    "labels": (str, "binary", "Table 3's setups: binary or pu"),
+    "labels-csv": (str, None, "your labels: CSV with columns file,label1,... (binary or continuous)"),
+    "latent-steps": (cli.positive_int, None, "latent DDIM steps (default: --steps)"),
+}
+SWITCHES = {"no-probe": ("probe", "skip the linear probe on z_sem"), "no-judge": ("judge", "skip the attribute judge"),
+            "measure": ("measure", "measure flip rates with the toyfaces judge")}
+IMAGES = ["steps", "n", "batch-size", "images", "data", "data-dir"]
+COMMANDS = {  # name: (function, its flags, one line for --help)
+    "reconstruct": (cmd_reconstruct, IMAGES, "input, from inferred x_T, from random x_T (Diff-AE Fig. 3/10)"),
+    "interpolate": (cmd_interpolate, IMAGES + ["frames"], "lerp z_sem, slerp x_T (Diff-AE §5.2, Fig. 4d)"),
+    "vary": (cmd_vary, IMAGES + ["frames"], "one z_sem, several random x_T (Diff-AE Fig. 3)"),
+    "predict-x0": (cmd_predict_x0, IMAGES, "predicted x0 along the run (Diff-AE Fig. 6)"),
+    "eval": (cmd_eval, IMAGES + ["T", "x-T", "probe-train", "no-probe", "no-judge"], "reconstruction and probe tables (Tables 1-2)"),
+    "manipulate": (cmd_manipulate, IMAGES + ["attr", "scale", "direction-l2", "measure", "labels-csv", "probe-train"],
+                   "move z_sem along an attribute direction (Diff-AE §5.3, Fig. 5)"),
+    "sample": (cmd_sample, ["steps", "n", "batch-size", "frames", "latent-steps"], "unconditional samples from the latent DDIM"),
+    "conditional": (cmd_conditional, IMAGES + ["attr", "labels", "labels-csv", "latent-steps", "frames", "probe-train"],
+                    "few-shot conditional samples (Table 3)"),
+    "eval-samples": (cmd_eval_samples, ["n", "batch-size", "T", "latent-steps", "data", "data-dir"], "unconditional sample table (Table 4)"),
+    "gap": (cmd_gap, IMAGES, "posterior-mean gap per t (PDAE Fig. 5)"),
+    "denoise-one-step": (cmd_denoise_one_step, IMAGES + ["frames"], "one-step x0 predictions, DPM vs PDAE (PDAE Fig. 5)"),
+    "reconstruct-ddpm": (cmd_reconstruct_ddpm, IMAGES, "mean-shifted DDPM reconstruction (PDAE §4.4)"),
+    "interpolate-g": (cmd_interpolate_g, IMAGES + ["frames"], "G(Lerp z) against Lerp G (PDAE §4.5)"),
+    "guidance": (cmd_guidance, IMAGES, "G scaled by 0 .. 3 (PDAE Fig. 9)"),
+}
+SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu or cuda (default: cuda when available)"),
+          "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),
+          "amp": (str, "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)")}
+
+
+def add_flag(parser, name, spec, suppress=False):
+    kind, default, helptext = spec
+    kw = dict(default=argparse.SUPPRESS) if suppress else dict(default=default)
+    if name == "images":
+        kw["nargs"] = "+"
+    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), type=kind, help=helptext, **kw)
+
+
+def parse_args(argv):
+    """Shared flags go before or after the subcommand; every other flag after it, for its own subcommand."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="our checkpoint or an official Diff-AE .ckpt")
-    ap.add_argument("command", choices=list(COMMANDS))
-    ap.add_argument("--steps", type=int, default=None, help="DDIM steps T (default 100; 10 for predict-x0)")
-    ap.add_argument("--n", type=int, default=None, help="number of images (default 8; 256 for eval)")
-    ap.add_argument("--frames", type=int, default=7, help="interpolate/vary: images per row")
-    ap.add_argument("--T", default="10,20,50,100", help="eval: comma-separated DDIM step counts")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--x-T", dest="x_T", default="inferred,random", help="eval: the x_T rows, inferred and/or random")
-    ap.add_argument("--no-probe", dest="probe", action="store_false", help="eval: skip the linear probe on z_sem")
-    ap.add_argument("--no-judge", dest="judge", action="store_false", help="eval: skip the attribute judge")
-    ap.add_argument("--probe-train", type=int, default=10_000,
-                    help="eval: training images for the probe (toyfaces has 10000; its L2 strength is cross-validated on them)")
-    ap.add_argument("--images", nargs="+", default=None, help="your own image files instead of held-out data")
-    ap.add_argument("--data", default=None, help="dataset to draw held-out images from (default: the checkpoint's)")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)")
-    ap.add_argument("--attr", default="Smiling", help="manipulate/conditional: the attribute (a label column)")
-    ap.add_argument("--scale", default="-0.4,-0.2,0,0.2,0.4",
-                    help="manipulate: comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3)")
-    ap.add_argument("--direction-l2", type=float, default=None,
-                    help="manipulate: L2 strength of the logistic probe whose normal is the direction "
-                         "(default classifier.DIRECTION_WEIGHT_DECAY = 0.1; smaller: a sharper classifier, a step further off the codes' distribution)")
-    ap.add_argument("--measure", action="store_true", help="manipulate: measure flip rates with the toyfaces judge")
-    ap.add_argument("--labels", default="binary", choices=["binary", "pu"], help="conditional: Table 3's setups")
-    ap.add_argument("--labels-csv", default=None, help="your labels: CSV with columns file,label1,... (binary or continuous)")
-    ap.add_argument("--latent-steps", type=int, default=None, help="latent DDIM steps (default: --steps)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                    help="CUDA autocast for the networks (samplers keep their arithmetic in float32)")
+    ap.add_argument("--ckpt", required=True, help="our checkpoint, an official Diff-AE .ckpt or an official PDAE checkpoint.pt")
+    for name, spec in SHARED.items():
+        add_flag(ap, name, spec, suppress=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd, (_, flags, helptext) in COMMANDS.items():
+        p = sub.add_parser(cmd, help=helptext, description=helptext)
+        for name, spec in SHARED.items():
+            add_flag(p, name, spec, suppress=True)
+        for name in flags:
+            if name in SWITCHES:
+                dest, h = SWITCHES[name]
+                p.add_argument(f"--{name}", dest=dest, action="store_false" if name.startswith("no-") else "store_true", help=h)
+            else:
+                add_flag(p, name, FLAGS[name])
     args = ap.parse_args(argv)
+    for name, (kind, default, _) in list(SHARED.items()) + list(FLAGS.items()):  # what a command lacks, at its default
+        dest = name.replace("-", "_")
+        if not hasattr(args, dest):
+            setattr(args, dest, kind(default) if isinstance(default, str) and kind is not str else default)
+    for name, (dest, _) in SWITCHES.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, name.startswith("no-"))
+    if args.amp not in ("auto", "bf16", "fp16", "off"):
+        cli.usage_error(f"--amp {args.amp!r}: use auto, bf16, fp16 or off")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
     args.n = args.n or (256 if args.command in ("eval", "eval-samples") else 8)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.direction_l2 is None:
-        import classifier
-        args.direction_l2 = classifier.DIRECTION_WEIGHT_DECAY
-    elif not args.direction_l2 > 0:
-        return usage(f"--direction-l2 must be a positive number, got {args.direction_l2}")
+    args.device = cli.pick_device(args.device)
+    args.direction_l2 = args.direction_l2 or classifier.DIRECTION_WEIGHT_DECAY
     torch.manual_seed(args.seed)
     try:
         ck = checkpoint.load(args.ckpt)
     except checkpoint.CheckpointError as e:
-        return usage(str(e))
+        cli.usage_error(str(e))
+    d = checkpoint.diffusion(ck)
+    for name, v in (("--steps", [args.steps]), ("--T", args.T), ("--latent-steps", [args.latent_steps or 1])):
+        if max(v) > d.T:
+            cli.usage_error(f"{name} {max(v)}: this model has T = {d.T} timesteps; use at most {d.T}")
     args.res = ck["config"].get("train", {}).get("res") or ck["config"]["unet"]["res"]
     if args.out is None:  # beside our checkpoints; released ones get a folder of their own under runs/
         official = ck["config"].get("train", {}).get("source") == "official"
         args.out = (os.path.join("runs", "samples", os.path.splitext(os.path.basename(args.ckpt))[0]) if official
                     else os.path.dirname(os.path.abspath(args.ckpt)))
     model = checkpoint.build(ck).to(args.device)
-    d = checkpoint.diffusion(ck)
     amp = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
     use_amp = args.device.type == "cuda" and amp is not None
     if args.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     with torch.autocast(args.device.type, dtype=amp or torch.float32, enabled=use_amp):
-        COMMANDS[args.command](ck["kind"], model, d, ck, args)
+        COMMANDS[args.command][0](ck["kind"], model, d, ck, args)
     return 0
 
 

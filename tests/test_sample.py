@@ -28,11 +28,10 @@ def ckpts(tmp_path_factory):
 
 
 @pytest.mark.parametrize("cmd", [["reconstruct"], ["interpolate", "--frames", "3"], ["vary", "--frames", "2"],
-                                 ["predict-x0"], ["sample"], ["manipulate", "--attr", "Smiling"]])
+                                 ["predict-x0"], ["sample"], ["manipulate", "--attr", "Smiling", "--probe-train", "64"]])
 def test_figures(ckpts, cmd):
     out = ckpts / "figs"
-    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), *cmd, "--steps", "3", "--n", "2", "--out", str(out),
-                        "--probe-train", "64"]) == 0
+    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), *cmd, "--steps", "3", "--n", "2", "--out", str(out)]) == 0
     assert any(f.endswith(".png") for f in os.listdir(out))
 
 
@@ -139,7 +138,9 @@ def test_direction_is_cached_per_l2_strength(ckpts):
     a, b = (torch.load(ckpts / "lat" / "directions" / f"toyfaces_Beard_wd{wd}.pt", weights_only=True)["direction"]
             for wd in ("0.1", "0.001"))
     assert abs(float(a.norm()) - 1) < 1e-5 and not torch.allclose(a, b)
-    assert sample.main(["--ckpt", str(lat), "manipulate", "--direction-l2", "0", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(lat), "manipulate", "--direction-l2", "0", "--out", str(out)])
+    assert e.value.code == 2
 
 
 def test_reconstruct_works_on_an_official_checkpoint_as_is(tmp_path, monkeypatch):
@@ -155,5 +156,35 @@ def test_reconstruct_works_on_an_official_checkpoint_as_is(tmp_path, monkeypatch
 def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
-    assert sample.main(["--ckpt", str(bad), "reconstruct"]) == 2
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(bad), "reconstruct"])
+    assert e.value.code == 2
     assert "not a torch checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["reconstruct", "--steps", "0"], ["reconstruct", "--steps", "2000"], ["reconstruct", "--n", "-1"],
+                                 ["eval", "--T", "abc"], ["eval", "--T", "5,0"], ["manipulate", "--scale", "nan,inf"],
+                                 ["manipulate", "--scale", "abc"], ["interpolate", "--frames", "0"], ["reconstruct", "--batch-size", "0"],
+                                 ["reconstruct", "--device", "cuda:3"], ["reconstruct", "--frames", "3"]])
+def test_bad_flags_are_one_line_usage_errors(ckpts, capsys, bad):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), *bad, "--out", str(ckpts / "bad")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error" in err and "Traceback" not in err
+    assert not os.path.exists(ckpts / "bad")
+
+
+def test_interpolating_one_image_is_refused(ckpts, capsys):
+    img = ckpts / "one.png"
+    from PIL import Image
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(img)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "interpolate", "--images", str(img), "--out", str(ckpts / "one")])
+    assert e.value.code == 2 and "two" in capsys.readouterr().err
+
+
+def test_each_subcommand_lists_only_its_own_flags(capsys):
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", "x", "reconstruct", "--help"])
+    text = capsys.readouterr().out
+    assert "--steps" in text and "--scale" not in text and "--labels-csv" not in text
