@@ -15,36 +15,15 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
 import checkpoint
 import classifier
 import cli
+from plot import log_plot, save_grid  # noqa: F401  (save_grid: train.py's previews use it too)
 
 
 # --- pictures -------------------------------------------------------------------------------
-
-def to_uint8(x):
-    """[-1, 1] NCHW -> uint8 NHWC."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def save_grid(path, rows, pad=2):
-    """Save rows of images (a list of [N, 3, H, W] tensors in [-1, 1]) as one PNG grid."""
-    n = max(r.shape[0] for r in rows)
-    H, W = rows[0].shape[-2:]
-    canvas = np.full((len(rows) * (H + pad) + pad, n * (W + pad) + pad, 3), 255, np.uint8)
-    for i, r in enumerate(rows):
-        for j, im in enumerate(to_uint8(r)):
-            canvas[pad + i * (H + pad): pad + i * (H + pad) + H, pad + j * (W + pad): pad + j * (W + pad) + W] = im
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    scale = max(1, 256 // H) if H < 128 else 1  # small toy images are upscaled so a person can see them
-    img = Image.fromarray(canvas)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
-    return path
-
 
 # --- the two codes --------------------------------------------------------------------------
 
@@ -479,10 +458,7 @@ def cmd_gap(kind, model, d, ck, args):
     For a Diff-AE checkpoint the same measure compares the decoder given each image's own z_sem
     with the decoder given another image's: how much of the gap z_sem closes at each noise level.
     """
-    import math
-
     import pdae
-    from PIL import ImageDraw
     if kind not in ("pdae", "diffae"):
         cli.usage_error(("gap compares two posterior means: pass a --model pdae or diffae checkpoint"))
     curves = ("pretrained", "pdae") if kind == "pdae" else ("other_z", "own_z")
@@ -517,29 +493,8 @@ def cmd_gap(kind, model, d, ck, args):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gap.json"), "w") as f:
         json.dump(res, f, indent=1)
-    # a log-scale line plot drawn with Pillow
-    W, H, L, R, TOP, BOT = 640, 400, 70, 20, 30, 50
-    img = Image.new("RGB", (W, H), "white")
-    dr = ImageDraw.Draw(img)
-    logs = {k: [float(torch.tensor(v).clamp(min=1e-12).log10()) for v in res[k]] for k in curves}
-    lo, hi = min(min(v) for v in logs.values()), max(max(v) for v in logs.values())
-    lo, hi = math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)
-    px = lambda t: L + (W - L - R) * t / max(d.T - 1, 1)
-    py = lambda v: H - BOT - (H - TOP - BOT) * (v - lo) / (hi - lo)
-    dr.rectangle([L, TOP, W - R, H - BOT], outline="black")
-    for e in range(lo, hi + 1):
-        dr.line([L - 4, py(e), L, py(e)], fill="black")
-        dr.text((5, py(e) - 6), f"1e{e}", fill="black")
-    for t in range(0, d.T, max(1, d.T // 5)):
-        dr.line([px(t), H - BOT, px(t), H - BOT + 4], fill="black")
-        dr.text((px(t) - 8, H - BOT + 8), str(t), fill="black")
-    dr.text((W // 2 - 10, H - 20), "t", fill="black")
-    for k, colour, row in zip(curves, ((40, 90, 200), (210, 40, 40)), range(2)):
-        dr.line([(px(t), py(v)) for t, v in zip(ts, logs[k])], fill=colour, width=2)
-        dr.text((L + 10, TOP + 8 + 14 * row), labels[k], fill=colour)
-    dr.text((L, 8), f"posterior mean gap ({n} images)", fill="black")
-    path = os.path.join(args.out, "gap.png")
-    img.save(path)
+    path = log_plot(os.path.join(args.out, "gap.png"), ts, {labels[k]: res[k] for k in curves}, d.T,
+                    f"posterior mean gap ({n} images)")
     print(f"wrote {path} and gap.json: gap of {labels[curves[1]]} / gap of {labels[curves[0]]} = "
           f"{res['mean_ratio']:.2f} averaged over {len(ts)} timesteps ({res['ratio_of_means']:.2f} as a ratio of "
           f"t-averaged gaps, which t = 0 dominates)")
