@@ -131,14 +131,18 @@ def check_archive(path):
 
 def _load_failure(path, e):
     """The message for a file torch.load refused. torch's own advice (to unpickle anyway) is not repeated."""
-    if not zipfile.is_zipfile(path) and "weights_only" not in str(e):
-        return f"{path!r} is not a torch checkpoint (not a torch.save archive)"
-    if "weights_only" in str(e) or "Unsupported global" in str(e):
-        found = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", str(e))
-        what = f" (it references {found.group(1)})" if found else ""
-        return (f"{path!r} needs arbitrary code to unpickle{what}, so it is refused: only plain tensors and types "
-                f"are read. If you trust its source, re-save its weights as a plain state dict.")
-    return f"{path!r} is not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]})"
+    msg = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+    if found:
+        return (f"{path!r} needs code to run to unpickle it (it references {found.group(1)}), so it is refused: only "
+                f"plain tensors and types are read. If you trust its source, re-save its weights as a plain state dict.")
+    if not zipfile.is_zipfile(path):
+        return f"{path!r} is not a torch checkpoint (not a torch.save archive, or a truncated one)"
+    if "Weights only load failed" in msg:
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", msg)
+        return (f"{path!r} holds more than plain tensors and types ({detail.group(1) if detail else 'unpicklable'}), "
+                f"so it is refused")
+    return f"{path!r} is not a readable torch checkpoint ({type(e).__name__}: {msg.splitlines()[0][:200] if msg else ''})"
 
 
 def first_non_finite(obj, where=()):
@@ -156,8 +160,13 @@ def first_non_finite(obj, where=()):
 
 
 def load(path):
-    """Read a checkpoint of ours or an official release (Diff-AE, PDAE), verified, as our format."""
+    """Read a checkpoint of ours or an official release (Diff-AE, PDAE), verified, as our format.
+
+    path may also be an official PDAE model folder (the one holding checkpoint.pt and config.yml).
+    """
     path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint.pt")):
+        path = os.path.join(path, "checkpoint.pt")
     return convert(read(path), path)
 
 
