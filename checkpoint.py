@@ -9,8 +9,10 @@ so sample.py needs nothing else. Files are always read with weights_only=True: a
 needs arbitrary unpickling is refused, never executed.
 
 load() also reads the official releases (official.py: Diff-AE's Lightning checkpoints;
-official_pdae.py: PDAE's DPMs, autoencoders and latent DPMs) and verifies every file before use:
-the archive's CRCs, finite floating tensors, and weights that fit the model the config describes.
+official_pdae.py: PDAE's DPMs, autoencoders and latent DPMs). Every file is verified before use:
+load() checks the archive's CRCs and that every floating tensor is finite; verify() checks that
+the config describes a model and that every weight fits it, naming the first that does not. It
+runs in load() for imported files and in build() for ours.
 """
 import glob
 import os
@@ -49,9 +51,8 @@ def save(path, ck):
     remove_stale_temporaries(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(ck, f)
-            f.flush()
+        torch.save(ck, tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
@@ -171,13 +172,15 @@ def load(path):
 
 
 def convert(raw, source=""):
-    """A loaded dict -> our checkpoint dict, verified. source: the file it came from (PDAE files need it
-    to find their config.yml)."""
+    """A loaded dict -> our checkpoint dict. source: the file it came from (PDAE files need it to find
+    their config.yml). Imported checkpoints are verified here; ours when they are built (build())."""
     where = source or "checkpoint"
     try:
         if isinstance(raw, dict) and raw.get("kind") in KINDS and "config" in raw:
-            ck, key = raw, None
-        elif isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
+            if not isinstance(raw["config"], dict):
+                raise CheckpointError(f"{where}: its 'config' is not a dict")
+            return raw
+        if isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
             ck = official.convert(raw, source=source)
             key = lambda which, k: official.file_key(ck, which, k)
         elif official_pdae.role(raw) is not None:
@@ -191,7 +194,7 @@ def convert(raw, source=""):
                 f"checkpoint ('ema_denoise_fn', 'ema_encoder' + 'ema_decoder', or 'ema_latent_denoise_fn'); it has {keys}")
     except official.ConversionError as e:
         raise CheckpointError(str(e)) from None
-    verify(ck, where, key)
+    verify(ck, where, key)  # a config we misread fails here, not as wrong images later
     return ck
 
 
@@ -228,16 +231,8 @@ def verify(ck, where="checkpoint", file_key=None):
     A disagreement names the first key, as the file spells it (file_key(which, our_key) -> text).
     """
     name = file_key or (lambda which, k: f"{k!r} of '{which}'")
-    if not isinstance(ck.get("config"), dict):
-        raise CheckpointError(f"{where}: its 'config' is not a dict")
-    try:
-        with torch.device("meta"):  # shapes only: no memory, no init time, whatever the model's size
-            expected = make_model(ck).state_dict()
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        detail = f"lacks {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"{where}: its config (kind {ck.get('kind')!r}) does not describe a model: {detail}") from None
+    with torch.device("meta"):  # shapes only: no memory, no init time, whatever the model's size
+        expected = make_model(ck, where).state_dict()
     if not isinstance(ck.get("ema"), dict) and not isinstance(ck.get("model"), dict):
         raise CheckpointError(f"{where}: holds no weights (neither 'ema' nor 'model' is a state dict)")
     for which in ("ema", "model"):
@@ -264,9 +259,18 @@ def diffusion(ck):
     return Diffusion(**ck["config"].get("diffusion", {}))
 
 
-def make_model(ck):
-    """The untrained network described by ck['config'] (no weights loaded)."""
-    cfg, kind = ck["config"], ck["kind"]
+def make_model(ck, where="checkpoint"):
+    """The untrained network described by ck['config'] (no weights loaded); CheckpointError if it describes none."""
+    try:
+        return _make_model(ck["config"], ck["kind"], ck)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a config part missing or of the wrong form
+        detail = f"lacks {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{where}: its config (kind {ck.get('kind')!r}) does not describe a model: {detail}") from None
+
+
+def _make_model(cfg, kind, ck):
     if kind == "ddim":
         unet_cfg = UNetConfig(**cfg["unet"])
         check_input_skip(unet_cfg, diffusion(ck))
@@ -283,14 +287,12 @@ def make_model(ck):
 
 
 def build(ck, weights="ema"):
-    """The model with its EMA weights (or 'model' for the raw ones), in eval mode."""
-    model = make_model(ck)
-    state = ck.get(weights) or ck["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise CheckpointError(f"checkpoint weights do not fit its config: first disagreeing key {first!r} "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    """The model with its EMA weights (or 'model' for the raw ones), in eval mode; CheckpointError naming the
+    first disagreeing key if the weights do not fit the config."""
+    where = ((ck.get("config") or {}).get("train") or {}).get("file") or "checkpoint"
+    verify(ck, where)
+    model = make_model(ck, where)
+    model.load_state_dict(ck.get(weights) or ck["model"])
     return model.eval()
 
 

@@ -103,6 +103,7 @@ def test_non_finite_weights_are_refused_by_name(tmp_path, bad):
 
 
 def test_missing_config_parts_and_wrong_shapes_are_checkpoint_errors(tmp_path):
+    """Our own files are verified when built (a config-less file still loads: train.py's tests write one)."""
     ck = ddim_ck()
     cases = {"no_unet": ({**ck, "config": {"diffusion": ck["config"]["diffusion"]}}, r"kind 'ddim'.*lacks 'unet'"),
              "no_encoder": ({**ck, "kind": "diffae"}, r"kind 'diffae'.*encoder"),
@@ -110,11 +111,20 @@ def test_missing_config_parts_and_wrong_shapes_are_checkpoint_errors(tmp_path):
              "no_weights": ({**ck, "ema": None, "model": None}, "holds no weights"),
              "shape": ({**ck, "ema": {**ck["ema"], "out.2.weight": torch.zeros(3, 8, 3, 3)}},
                        r"'out\.2\.weight' of 'ema' has shape \(3, 8, 3, 3\) but its config implies \(3, 16, 3, 3\)"),
+             "missing": ({**ck, "ema": {k: v for k, v in ck["ema"].items() if k != "out.0.bias"}},
+                         r"'out\.0\.bias' of 'ema' of shape \(16,\) that the checkpoint lacks"),
              "extra": ({**ck, "model": {**ck["model"], "spare.weight": torch.zeros(1)}}, r"'spare\.weight' of 'model' has no place")}
     for name, (bad, message) in cases.items():
         torch.save(bad, tmp_path / f"{name}.pt")
+        loaded = checkpoint.load(tmp_path / f"{name}.pt")
         with pytest.raises(CheckpointError, match=message):
-            checkpoint.load(tmp_path / f"{name}.pt")
+            checkpoint.build(loaded)
+        if name != "no_weights":
+            with pytest.raises(CheckpointError):
+                checkpoint.verify(loaded)
+    with pytest.raises(CheckpointError, match="'config' is not a dict"):
+        torch.save({**ck, "config": [1]}, tmp_path / "list.pt")
+        checkpoint.load(tmp_path / "list.pt")
 
 
 class Payload:
