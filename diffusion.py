@@ -6,6 +6,11 @@ shifted eps; every sampler below is written once for all of them.
 
 Schedule coefficients live in float64 and are cast to float32 where used, as the official
 Diff-AE / guided-diffusion code does, so that its checkpoints reproduce the paper's numbers.
+
+The two papers' official DDIM samplers walk different grids (`grid`): Diff-AE's visits N respaced
+timesteps and ends at alphabar = 1 (encoding: at alphabar = 0); PDAE's visits N + 1 timesteps from
+0 to T - 1 and treats the clean image as the state at timestep 0. Each checkpoint samples on the
+grid it was made for; both are the same DDIM step (`ddim_step`), only the list of moves differs.
 """
 import math
 
@@ -32,17 +37,26 @@ def space_timesteps(T, steps, rule="ddim"):
     stride fits (say 600 of 1000) it falls back to the even rule.
     rule="even": guided-diffusion's space_timesteps(T, [steps]): round(i * (T - 1) / (steps - 1)),
     e.g. 0, 111, ..., 999; the official code uses it for DDPM sampling.
+    rule="pdae": the official PDAE sampler's "ddimN": {int(s) for s in linspace(0, T - 1, steps + 1)},
+    e.g. 0, 99, 199, ..., 999: steps + 1 states (fewer where int() collapses two) for `steps` moves.
     """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    if rule == "pdae":
+        stride = (T - 1) / steps  # numpy.linspace's arithmetic (i * stride, last point exact), then truncated
+        return sorted({int(i * stride) for i in range(steps)} | {T - 1})
     if rule == "ddim":
         for stride in range(1, T + 1):
             if len(range(0, T, stride)) == steps:
                 return list(range(0, T, stride))
     elif rule != "even":
-        raise ValueError(f"unknown respacing rule {rule!r}: use 'ddim' or 'even'")
+        raise ValueError(f"unknown respacing rule {rule!r}: use 'ddim', 'even' or 'pdae'")
     stride = (T - 1) / (steps - 1) if steps > 1 else 1
     return sorted({round(i * stride) for i in range(steps)})  # Python's round, as the official code
+
+
+# The official DDIM grids: "diffae" (guided-diffusion's, Diff-AE's checkpoints), "pdae" (PDAE's).
+GRIDS = ("diffae", "pdae")
 
 
 def _bcast(a, x):
@@ -51,13 +65,24 @@ def _bcast(a, x):
 
 
 class Diffusion:
-    def __init__(self, T=1000, schedule="linear", respacing="ddim"):
-        self.T, self.schedule, self.respacing = T, schedule, respacing
+    def __init__(self, T=1000, schedule="linear", respacing="ddim", grid="diffae"):
+        if grid not in GRIDS:
+            raise ValueError(f"unknown DDIM grid {grid!r}: use 'diffae' or 'pdae'")
+        self.T, self.schedule, self.respacing, self.grid = T, schedule, respacing, grid
         self.betas = beta_schedule(schedule, T)                  # (T,) float64
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)   # alphabar_t, (T,) float64
 
     def __repr__(self):
-        return f"Diffusion(T={self.T}, schedule={self.schedule!r}, respacing={self.respacing!r})"
+        return f"Diffusion(T={self.T}, schedule={self.schedule!r}, respacing={self.respacing!r}, grid={self.grid!r})"
+
+    def config(self):
+        """The keyword arguments that rebuild this diffusion (a checkpoint's config['diffusion']); defaults left out."""
+        out = {"T": self.T, "schedule": self.schedule}
+        if self.respacing != "ddim":
+            out["respacing"] = self.respacing
+        if self.grid != "diffae":
+            out["grid"] = self.grid
+        return out
 
     def ab(self, t):
         return self.alphas_cumprod[t.cpu()]
@@ -116,8 +141,32 @@ class Diffusion:
     # --- samplers ------------------------------------------------------------------------
 
     def respace(self, steps, rule=None):
-        """The sorted original timesteps used by a `steps`-step sampler (LongTensor)."""
-        return torch.tensor(space_timesteps(self.T, steps, rule or self.respacing), dtype=torch.long)
+        """The sorted original timesteps a `steps`-step sampler visits (LongTensor).
+
+        On the "pdae" grid these are the steps + 1 states of the DDIM chain (timestep 0 included), unless
+        a rule is named (DDPM sampling asks for "even" on either grid).
+        """
+        rule = rule or ("pdae" if self.grid == "pdae" else self.respacing)
+        return torch.tensor(space_timesteps(self.T, steps, rule), dtype=torch.long)
+
+    def ddim_moves(self, steps, encode=False):
+        """The moves of a `steps`-step DDIM: (timestep the network sees, alphabar moved to), in running order.
+
+        grid="diffae": one move per respaced timestep; decoding ends with a move to alphabar = 1, x0
+        itself, and encoding with a move to alphabar = 0. grid="pdae": the respaced timesteps are the
+        states, the clean image being the one at the smallest (timestep 0); decoding moves down to it,
+        encoding up from it to T - 1, one move between neighbours.
+        """
+        ts = self.respace(steps).tolist()
+        ab = self.alphas_cumprod[ts]
+        if self.grid == "pdae":
+            up = [(ts[i], ab[i + 1]) for i in range(len(ts) - 1)]
+            down = [(ts[i], ab[i - 1]) for i in range(len(ts) - 1, 0, -1)]
+        else:
+            one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+            up = [(ts[i], ab[i + 1] if i + 1 < len(ts) else zero) for i in range(len(ts))]
+            down = [(ts[i], ab[i - 1] if i > 0 else one) for i in range(len(ts) - 1, -1, -1)]
+        return up if encode else down
 
     def ddim_step(self, eps_fn, x, t, ab_to, clip=True):
         """One deterministic DDIM move (eta = 0) from x at timestep t to the noise level ab_to.
@@ -138,30 +187,25 @@ class Diffusion:
 
         on_step(t, x_t, x0_pred) is called at every step (for figures of the predicted x0).
         """
-        ts = self.respace(steps)
-        ab = self.alphas_cumprod[ts]
         x = x_T
-        for i in reversed(range(len(ts))):
-            ab_prev = ab[i - 1] if i > 0 else torch.tensor(1.0, dtype=torch.float64)
-            x_new, x0 = self.ddim_step(eps_fn, x, ts[i], ab_prev, clip)
+        for t, ab_to in self.ddim_moves(steps):
+            x_new, x0 = self.ddim_step(eps_fn, x, t, ab_to, clip)
             if on_step is not None:
-                on_step(int(ts[i]), x, x0)
+                on_step(t, x, x0)
             x = x_new
         return x
 
     def ddim_invert(self, eps_fn, x0, steps, clip=True):
         """Diff-AE Eq. 8: run the DDIM ODE forward (the stochastic encoder) x0 -> x_T.
 
-        The last move goes to alphabar = 0, so x_T is the model's final noise estimate, as in the
-        official sampler. Decoding it with ddim_sample at the same `steps` is near-exact, not exact:
-        each move assumes eps is the same at both ends of the step.
+        On the "diffae" grid the last move goes to alphabar = 0, so x_T is the model's final noise
+        estimate, as in the official Diff-AE sampler; on the "pdae" grid it stops at timestep T - 1.
+        Decoding x_T with ddim_sample at the same `steps` is near-exact, not exact: each move assumes
+        eps is the same at both ends of the step.
         """
-        ts = self.respace(steps)
-        ab = self.alphas_cumprod[ts]
         x = x0
-        for i in range(len(ts)):
-            ab_next = ab[i + 1] if i + 1 < len(ts) else torch.tensor(0.0, dtype=torch.float64)
-            x, _ = self.ddim_step(eps_fn, x, ts[i], ab_next, clip)
+        for t, ab_to in self.ddim_moves(steps, encode=True):
+            x, _ = self.ddim_step(eps_fn, x, t, ab_to, clip)
         return x
 
     def ddpm_sample(self, eps_fn, x_T, steps=None, clip=True, generator=None):

@@ -112,21 +112,26 @@ class LatentDDIM(nn.Module):
     sample() returns un-normalised codes, ready for the decoder.
     """
 
-    def __init__(self, net_cfg: LatentNetConfig = None, T=1000, schedule="const", znormalize=True):
+    def __init__(self, net_cfg: LatentNetConfig = None, T=1000, schedule="const", znormalize=True,
+                 grid="diffae", clip=False):
         super().__init__()
         net_cfg = net_cfg or LatentNetConfig()
         self.net = LatentNet(net_cfg)
         self.register_buffer("mean", torch.zeros(net_cfg.z_dim))  # statistics of z_sem over the training set
         self.register_buffer("std", torch.ones(net_cfg.z_dim))
-        self.diffusion = Diffusion(T, schedule)  # App. A.1: constant betas of 0.008 beat linear and cosine
+        self.diffusion = Diffusion(T, schedule, grid=grid)  # App. A.1: constant betas of 0.008 beat linear and cosine
         # znormalize=False only for imported official models trained on raw z (latent_znormalize=False).
         self.znormalize = znormalize
-        self.config = {"net": asdict(net_cfg), "T": T, "schedule": schedule, "znormalize": znormalize}
+        # clip=True is PDAE's latent sampler: z_T ~ N(0, I) clamped to [-1, 1] and every step's predicted
+        # normalised z_0 clipped to [-1, 1]; Diff-AE's (clip=False) leaves both unbounded.
+        self.clip = clip
+        self.config = {"net": asdict(net_cfg), "T": T, "schedule": schedule, "znormalize": znormalize,
+                       "grid": grid, "clip": clip}
 
     @classmethod
     def from_config(cls, d):
         return cls(LatentNetConfig(**d["net"]), T=d.get("T", 1000), schedule=d.get("schedule", "const"),
-                   znormalize=d.get("znormalize", True))
+                   znormalize=d.get("znormalize", True), grid=d.get("grid", "diffae"), clip=d.get("clip", False))
 
     @torch.no_grad()
     def set_stats(self, z_all):
@@ -153,10 +158,13 @@ class LatentDDIM(nn.Module):
     def sample(self, n, steps, generator=None, device=None):
         """n new codes z_sem (n, D), un-normalised: DDIM from N(0, I) in `steps` respaced steps.
 
-        No clipping of the predicted z_0: unlike pixels, normalised codes are not bounded in [-1, 1]
-        (the official latent_clip_sample=False).
+        Without `clip`, the predicted z_0 is not clipped: normalised codes are not bounded in [-1, 1]
+        (Diff-AE's latent_clip_sample=False). With it, PDAE's official sampler: clamp the start and
+        clip each step's z_0 to [-1, 1].
         """
         device = device if device is not None else self.mean.device
         z_T = torch.randn(n, self.net.cfg.z_dim, generator=generator).to(device)
-        zn = self.diffusion.ddim_sample(self.net, z_T, steps, clip=False)
+        if self.clip:
+            z_T = z_T.clamp(-1, 1)
+        zn = self.diffusion.ddim_sample(self.net, z_T, steps, clip=self.clip)
         return self.denormalize(zn) if self.znormalize else zn

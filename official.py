@@ -2,11 +2,13 @@
 
 The official code saves a PyTorch Lightning checkpoint: {"state_dict": {"model.*", "ema_model.*",
 "x_T", "conds_mean", "conds_std"}, "hyper_parameters": the TrainConfig as a plain dict, "global_step"}.
-Its networks already share our module names, so importing is three steps:
+Its networks already share our module names, so importing is two steps:
 1. read the architecture from the *config* (model_conf, or the net_* keys it was made from);
-2. rename prefixes (ema_model.time_embed.time_embed.* -> unet.time_embed.*, latent_net.* -> latent.net.*);
-3. build our model from that config and check every weight's shape against it, so that a config
-   we misread fails here, loudly, instead of as wrong images later.
+2. rename prefixes (ema_model.time_embed.time_embed.* -> unet.time_embed.*, latent_net.* -> latent.net.*).
+This module is a pure converter (a dict in, our checkpoint dict out): checkpoint.py then builds the
+model the config describes and checks every weight's shape against it, naming a disagreeing weight
+by its name in the official file (file_key), so that a config we misread fails loudly at load time
+instead of as wrong images later.
 
 The official config is saved through a JSON filter that drops enums, so some choices (the latent
 net's activation, the model's mean type) are not recorded; they are assumed to be the paper's and
@@ -16,8 +18,6 @@ from dataclasses import asdict
 
 import torch
 
-import checkpoint
-from checkpoint import CheckpointError
 from encoder import EncoderConfig
 from latent_ddim import LatentNetConfig
 from unet import UNetConfig
@@ -48,24 +48,28 @@ AUTOENC_PREFIXES = (("encoder.", "encoder."), ("latent_net.", "latent.net."),
 DDIM_PREFIXES = (("", ""),)
 
 
+class ConversionError(Exception):
+    """An official file that cannot become one of our checkpoints; checkpoint.py re-raises it as CheckpointError."""
+
+
 def convert(raw, source=""):
     """An official Lightning checkpoint dict -> our checkpoint dict (see checkpoint.py)."""
     where = source or "official checkpoint"
     try:
         return _convert(raw, where, source)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a config of the wrong types or shape
-        raise CheckpointError(f"{where}: malformed official config ({type(e).__name__}: {e})") from e
+        raise ConversionError(f"{where}: malformed official config ({type(e).__name__}: {e})") from e
 
 
 def _convert(raw, where, source):
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict) \
             or not isinstance(raw.get("hyper_parameters"), dict):
-        raise CheckpointError(f"{where}: not an official Diff-AE checkpoint "
+        raise ConversionError(f"{where}: not an official Diff-AE checkpoint "
                               f"(needs dicts 'state_dict' and 'hyper_parameters')")
     sd, user_hp = raw["state_dict"], raw["hyper_parameters"]
     hp = {**TRAIN_DEFAULTS, **user_hp}
     if not any(k.startswith("ema_model.") for k in sd):
-        raise CheckpointError(f"{where}: no 'ema_model.*' weights in its state_dict; is it a Diff-AE checkpoint?")
+        raise ConversionError(f"{where}: no 'ema_model.*' weights in its state_dict; is it a Diff-AE checkpoint?")
 
     mc = hp.get("model_conf") or model_conf_from_train_conf(hp, sd)
     autoenc = "enc_out_channels" in mc  # BeatGANsAutoencConfig; the DDIM baseline is a BeatGANsUNetConfig
@@ -96,7 +100,6 @@ def _convert(raw, where, source):
           "optimizer": None, "step": step,
           "images_seen": step * int(hp["batch_size"]) * int(hp["accum_batches"]) if "global_step" in raw else None,
           "rng": None}
-    check_shapes(ck, prefixes, where)
     return ck
 
 
@@ -172,13 +175,13 @@ def refuse_unsupported(hp, mc, autoenc, where):
         ]
     for name, value, ok, supported in rules:
         if not ok(value):
-            raise CheckpointError(f"{where}: official option {name}={value!r} is not implemented here "
+            raise ConversionError(f"{where}: official option {name}={value!r} is not implemented here "
                                   f"(supported: {supported})")
 
 
 def schedule(name, key, where):
     if name not in SCHEDULES:
-        raise CheckpointError(f"{where}: official {key}={name!r} is not implemented here "
+        raise ConversionError(f"{where}: official {key}={name!r} is not implemented here "
                               f"(supported: {', '.join(map(repr, SCHEDULES))})")
     return SCHEDULES[name]
 
@@ -227,32 +230,10 @@ def rename(sd, prefix, rules):
     return out
 
 
-def official_key(k, prefix, rules):
-    """The inverse of rename, so that errors name the key as the user's file spells it."""
+def file_key(ck, which, k):
+    """Our weight name k (of ck[which], 'ema' or 'model') as the official file spells it, quoted, for messages."""
     if k in ("latent.mean", "latent.std"):
-        return "conds_" + k.split(".")[1]
+        return repr("conds_" + k.split(".")[1])
+    rules = AUTOENC_PREFIXES if ck["kind"] == "diffae" else DDIM_PREFIXES
     old, new = next(((o, n) for o, n in rules if k.startswith(n)), ("", ""))
-    return prefix + old + k[len(new):]
-
-
-def check_shapes(ck, rules, where):
-    """Every weight must exist with the shape that the config implies; name the first that does not."""
-    with torch.device("meta"):  # shapes only: no memory, no init time, whatever the model's size
-        expected = checkpoint.make_model(ck).state_dict()
-    for which, prefix in (("ema", "ema_model."), ("model", "model.")):
-        got = ck[which]
-        if got is None:
-            continue
-        for k, v in expected.items():
-            official = official_key(k, prefix, rules)
-            if k not in got:
-                raise CheckpointError(f"{where}: its config implies a weight {official!r} of shape "
-                                      f"{tuple(v.shape)} that the checkpoint lacks (our key {k!r})")
-            if tuple(got[k].shape) != tuple(v.shape):
-                raise CheckpointError(f"{where}: weight {official!r} has shape {tuple(got[k].shape)} but its "
-                                      f"config implies {tuple(v.shape)} (our key {k!r})")
-        extra = [k for k in got if k not in expected]
-        if extra:
-            official = official_key(extra[0], prefix, rules)
-            raise CheckpointError(f"{where}: weight {official!r} has no place in the model its config describes "
-                                  f"({len(extra)} such weights; our key {extra[0]!r})")
+    return repr(("ema_model." if which == "ema" else "model.") + old + k[len(new):])

@@ -209,7 +209,7 @@ class PDAE(nn.Module):
         self.config = {
             "unet": asdict(unet_cfg),
             "encoder": {"n_labels": encoder.n_labels, "z_dim": encoder.z_dim} if label else asdict(encoder.cfg),
-            "diffusion": {"T": self.diffusion.T, "schedule": self.diffusion.schedule},
+            "diffusion": self.diffusion.config(),
             "pdae": {"condition": "label" if label else "image", "gamma": gamma},
         }
 
@@ -246,16 +246,17 @@ class PDAE(nn.Module):
         emb, hs, eps = self._frozen(x_t, t)
         return eps, self.G(hs, emb, z)
 
-    def _shifted(self, zs, ws, coef, shift_until):
-        """eps_hat(x_t, t) = eps_theta - c_t * sum_i w_i G(x_t, z_i, t), as a callable for the samplers."""
-        T = self.diffusion.T
+    def _shifted(self, zs, ws, coef, shift_from):
+        """eps_hat(x_t, t) = eps_theta - c_t * sum_i w_i G(x_t, z_i, t), as a callable for the samplers.
 
+        Timesteps t < shift_from (when given) get eps_theta alone.
+        """
         def eps_hat(x, t):
             c = coef[t.cpu()]
-            if shift_until is not None:
-                c = torch.where(t.cpu() < shift_until * T, torch.zeros_like(c), c)
+            if shift_from is not None:
+                c = torch.where(t.cpu() < shift_from, torch.zeros_like(c), c)
             emb, hs, eps = self._frozen(x, t)
-            if shift_until is not None and not bool(c.any()):
+            if shift_from is not None and not bool(c.any()):
                 return eps  # §4.8: the last steps use the pre-trained DPM alone (G is not even run)
             g = sum(w * self.G(hs, emb, z).float() for w, z in zip(ws, zs))
             return eps.float() - _col(c, x) * g  # PDAE Eq. 6 (DDIM) / Eq. 5, 7 (DDPM)
@@ -269,16 +270,28 @@ class PDAE(nn.Module):
             return self.ddpm_coef if steps is None else mean_shift_coef(self.diffusion, steps)
         raise ValueError(f"kind must be 'ddim' (Eq. 6) or 'ddpm' (Eq. 5), got {kind!r}")
 
+    def _shift_from(self, shift_until, kind, steps):
+        """§4.8's stop rule as the official sampler counts it: the last int(p * N) of the N network calls
+        of a `steps`-step sampler drop the shift. Returns the smallest timestep that keeps it."""
+        d = self.diffusion
+        if kind == "ddim":
+            ts = sorted(t for t, _ in d.ddim_moves(steps or d.T))
+        else:
+            ts = d.respace(steps or d.T, rule="even").tolist()  # the timesteps ddpm_sample visits
+        k = int(shift_until * len(ts))
+        return ts[k] if k < len(ts) else d.T
+
     def eps_fn(self, z, shift_until=None, scale=1.0, kind="ddim", steps=None):
         """The guided noise predictor eps_hat(x_t, t) = eps_theta(x_t, t) - c_t * scale * G(x_t, z, t).
 
         kind="ddim": c_t = sqrt(1 - alphabar_t) (Eq. 6), for ddim_sample / ddim_invert.
         kind="ddpm": c_t of Eq. 7 on the chain of a `steps`-step DDPM, so ddpm_sample's mean is
         mu_theta + Sigma_t G (Eq. 5). scale: the guidance strength (§4.6's truncation-like effect).
-        shift_until: timesteps t < shift_until * T use eps_theta alone (§4.8 uses 0.3 when z is
-        sampled from the latent DDIM).
+        shift_until=p: the last int(p * N) of the sampler's N steps use eps_theta alone (§4.8 uses
+        0.3 when z is sampled from the latent DDIM); `steps` says which sampler (None: the full chain).
         """
-        return self._shifted([z], [scale], self._coef(kind, steps), shift_until)
+        shift_from = None if shift_until is None else self._shift_from(shift_until, kind, steps)
+        return self._shifted([z], [scale], self._coef(kind, steps), shift_from)
 
     def eps_fn_lerp_g(self, z1, z2, alpha, kind="ddim"):
         """§4.4's trajectory interpolation: guidance by Lerp(G(x_t, z1, t), G(x_t, z2, t); alpha)."""
@@ -313,14 +326,14 @@ class PDAE(nn.Module):
         return self.diffusion.ddim_invert(self.eps_fn(z), x0, steps)
 
     def decode(self, z, x_T, steps, shift_until=None, scale=1.0):
-        """PDAE Eq. 6: the guided DDIM from x_T to x0."""
-        return self.diffusion.ddim_sample(self.eps_fn(z, shift_until, scale), x_T, steps)
+        """PDAE Eq. 6: the guided DDIM from x_T to x0 (shift_until: §4.8's stop rule, see eps_fn)."""
+        return self.diffusion.ddim_sample(self.eps_fn(z, shift_until, scale, steps=steps), x_T, steps)
 
-    def decode_ddpm(self, z, x_T, steps=None, generator=None, clip=True):
+    def decode_ddpm(self, z, x_T, steps=None, generator=None, clip=False):
         """PDAE Eq. 5: ancestral sampling with the mean shifted by Sigma_t G.
 
-        With clip=False every step's mean is exactly mu_theta + Sigma_t G; clip=True (as every
-        sampler here) first clips the predicted x0, which only matters where it leaves [-1, 1].
+        As the official DDPM sampler, every step's mean is exactly mu_theta + Sigma_t G (no clipping);
+        clip=True first clips the predicted x0, which only matters where it leaves [-1, 1].
         """
         return self.diffusion.ddpm_sample(self.eps_fn(z, kind="ddpm", steps=steps), x_T, steps, clip, generator)
 

@@ -196,3 +196,39 @@ def test_lerp_slerp():
     assert torch.all(lerp(a, bn, 0.5).flatten(1).norm(dim=1) < a.flatten(1).norm(dim=1))
     assert torch.isfinite(slerp(a, a.clone(), 0.3)).all() and torch.allclose(slerp(a, a.clone(), 0.3), a, atol=1e-5)
     assert mid.shape == a.shape
+
+
+# --- PDAE's DDIM grid ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [1000, 100])
+def test_pdae_grid_is_numpys_linspace_truncated(T):
+    np = pytest.importorskip("numpy")
+    d = Diffusion(T, grid="pdae")
+    for N in range(1, T + 1):
+        assert d.respace(N).tolist() == sorted({int(s) for s in np.linspace(0, T - 1, N + 1)})
+    assert d.respace(10, rule="even").tolist() == space_timesteps(T, 10, "even")  # DDPM keeps its own rule
+
+
+def test_ddim_moves_of_the_two_grids():
+    ab = Diffusion(1000).alphas_cumprod
+    down, up = Diffusion(1000).ddim_moves(10), Diffusion(1000).ddim_moves(10, encode=True)
+    assert [t for t, _ in down] == list(range(900, -1, -100)) and float(down[-1][1]) == 1.0  # ends at x0 itself
+    assert [t for t, _ in up] == list(range(0, 1000, 100)) and float(up[-1][1]) == 0.0
+    pd = Diffusion(1000, grid="pdae")
+    down, up = pd.ddim_moves(10), pd.ddim_moves(10, encode=True)
+    assert [t for t, _ in down] == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # N network calls
+    assert torch.equal(down[-1][1], ab[0])  # the clean image is the state at timestep 0
+    assert [t for t, _ in up] == [0, 99, 199, 299, 399, 499, 599, 699, 799, 899] and torch.equal(up[-1][1], ab[999])
+    assert len(pd.ddim_moves(1000)) == 999  # linspace's 1001 points collapse onto 1000 timesteps
+    assert Diffusion(**pd.config()).grid == "pdae" and Diffusion(1000).config() == {"T": 1000, "schedule": "linear"}
+    with pytest.raises(ValueError, match="grid"):
+        Diffusion(1000, grid="ddpm")
+
+
+@pytest.mark.parametrize("steps", [1, 7, 20])
+def test_pdae_grid_inversion_exact_for_exact_predictor(steps):
+    d = Diffusion(1000, grid="pdae")
+    x0 = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(steps)) * 1.8 - 0.9
+    f = exact_eps_fn(d, x0)
+    x_T = d.ddim_invert(f, x0, steps)
+    assert rel(d.ddim_sample(f, x_T, steps), x0) < 1e-5

@@ -143,3 +143,20 @@ def test_training_on_a_gaussian_mixture_moves_samples_to_the_data():
     assert ((s.mean(0) - mu).abs() < 0.15 * sd).all()
     assert ((s.std(0) / sd - 1).abs() < 0.3).all()
     assert 0.35 < (s[:, 0] > 10).float().mean() < 0.65  # both modes, in about equal shares
+
+
+def test_pdae_sampling_option_clamps_the_start_and_clips_every_step():
+    torch.manual_seed(0)
+    m = LatentDDIM(LatentNetConfig(**SMALL), znormalize=False, clip=True)
+    with torch.no_grad():
+        m.net.layers[-1].linear.bias.fill_(5.0)  # predictions far outside [-1, 1]
+    again = LatentDDIM.from_config(m.config)
+    assert again.clip is True and again.config == m.config
+    z = m.sample(6, 5, generator=torch.Generator().manual_seed(1))
+    assert z.abs().max() <= 1  # on the Diff-AE grid the last move lands on the clipped z_0
+    z_T = torch.randn(6, SMALL["z_dim"], generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    with torch.no_grad():
+        assert torch.equal(z, m.diffusion.ddim_sample(m.net, z_T, 5, clip=True))
+    grid = LatentDDIM.from_config({**m.config, "grid": "pdae"})
+    assert grid.diffusion.grid == "pdae" and len(grid.diffusion.ddim_moves(5)) == 5
+    assert LatentDDIM.from_config({"net": m.config["net"]}).clip is False  # older configs: Diff-AE's sampler

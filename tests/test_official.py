@@ -137,10 +137,10 @@ def test_a_config_that_disagrees_with_the_weights_is_refused(raw):
     hp = raw["ddpm"]["hyper_parameters"]
     mc = {**hp["model_conf"], "model_channels": 64}
     with pytest.raises(CheckpointError, match="shape"):
-        official.convert({**raw["ddpm"], "hyper_parameters": {**hp, "model_conf": mc}})
+        checkpoint.convert({**raw["ddpm"], "hyper_parameters": {**hp, "model_conf": mc}})
     sd = {k: v for k, v in raw["autoenc"]["state_dict"].items() if not k.startswith("ema_model.latent_net.layers.9")}
     with pytest.raises(CheckpointError, match=r"ema_model\.latent_net\.layers\.9\..*lacks"):
-        official.convert({**raw["autoenc"], "state_dict": sd})
+        checkpoint.convert({**raw["autoenc"], "state_dict": sd})
 
 
 @pytest.mark.parametrize("key,value", [
@@ -150,11 +150,11 @@ def test_unimplemented_official_options_are_refused(raw, key, value):
     hp = raw["autoenc"]["hyper_parameters"]
     mc = {**hp["model_conf"], key: value}
     with pytest.raises(CheckpointError, match=f"{key}={value!r} is not implemented"):
-        official.convert({**raw["autoenc"], "hyper_parameters": {**hp, "model_conf": mc}})
+        checkpoint.convert({**raw["autoenc"], "hyper_parameters": {**hp, "model_conf": mc}})
     with pytest.raises(CheckpointError, match="net_autoenc_stochastic=True"):
-        official.convert({**raw["autoenc"], "hyper_parameters": {**hp, "net_autoenc_stochastic": True}})
+        checkpoint.convert({**raw["autoenc"], "hyper_parameters": {**hp, "net_autoenc_stochastic": True}})
     with pytest.raises(CheckpointError, match="latent_beta_scheduler='const0.01'"):
-        official.convert({**raw["autoenc"], "hyper_parameters": {**hp, "latent_beta_scheduler": "const0.01"}})
+        checkpoint.convert({**raw["autoenc"], "hyper_parameters": {**hp, "latent_beta_scheduler": "const0.01"}})
 
 
 class Payload:

@@ -109,6 +109,27 @@ def test_ddim_eps_hat_is_eq6_and_shift_until_drops_it():
             torch.testing.assert_close(model.eps_fn_lerp_g(z, z.flip(0), 0.0)(x, t), model.eps_fn(z)(x, t))
 
 
+@pytest.mark.parametrize("grid", ["diffae", "pdae"])
+@pytest.mark.parametrize("steps", [7, 10, 20])
+def test_the_30_percent_rule_drops_G_in_the_last_int_p_N_steps(grid, steps):
+    """§4.8 as the official sampler counts: of N steps the last int(0.3 N) run eps_theta alone."""
+    model = make(trained_G=True)
+    model.diffusion = Diffusion(T=T, grid=grid)
+    calls = []
+    model.G.register_forward_hook(lambda mod, args, out: calls.append(1))
+    x_T, z = torch.randn(2, 3, 16, 16), torch.randn(2, 8)
+    with torch.no_grad():
+        model.decode(z, x_T, steps, shift_until=0.3)
+    assert len(calls) == steps - int(0.3 * steps)
+    moves = model.diffusion.ddim_moves(steps)
+    kept = moves[len(moves) - int(0.3 * steps) - 1][0]  # the last step that still uses G
+    eps = model.eps_fn(z, shift_until=0.3, steps=steps)
+    x, t = torch.randn(2, 3, 16, 16), torch.full((2,), kept)
+    with torch.no_grad():
+        assert not torch.equal(eps(x, t), model.predict(x, t, z)[0])
+        assert torch.equal(eps(x, t - 1), model.predict(x, t - 1, z)[0])
+
+
 # --- G == 0 at init: PDAE is exactly the pre-trained DPM --------------------------------------
 
 @pytest.mark.parametrize("input_skip", [False, True])
@@ -122,7 +143,7 @@ def test_fresh_pdae_samplers_reproduce_the_pretrained_dpm_exactly(input_skip):
         assert torch.equal(model.encode_stochastic(x, z, 5), d.ddim_invert(pretrained_eps(model), x, 5))
         for steps in (None, 10):
             a = model.decode_ddpm(z, x_T, steps, generator=torch.Generator().manual_seed(2))
-            b = d.ddpm_sample(pretrained_eps(model), x_T, steps, generator=torch.Generator().manual_seed(2))
+            b = d.ddpm_sample(pretrained_eps(model), x_T, steps, clip=False, generator=torch.Generator().manual_seed(2))
             assert torch.equal(a, b)
 
 
