@@ -150,11 +150,10 @@ def fit_pu(z_norm_pos, z_norm_unlabelled, weight_decay=1e-3, steps=100):
 
 # The L2 strength of the probe whose normal is used as a manipulation direction. Not the strength
 # that classifies best: a weakly regularised probe leans on low-variance dimensions of z, so a step
-# along its normal leaves the codes' distribution and the decoder changes other things too (toy32 8x:
-# Smiling flipped on 44% with 17% other changes at 1e-3, 82% with 0.4% at 0.1; README "The direction's
-# L2 strength" has where it does not help). Stronger L2 pulls the normal toward the
-# class-mean difference (its limit), the direction along which the data themselves differ. The
-# official code has no explicit L2; its finite run of minibatch Adam stops short of the optimum anyway.
+# along its normal leaves the codes' distribution and the decoder changes other things too.
+# Stronger L2 pulls the normal toward the class-mean difference (its limit), the direction along
+# which the data themselves differ (docs/RESULTS.md, Diff-AE §5.3, has the measured comparison).
+# The official code has no explicit L2; its finite run of minibatch Adam stops short of the optimum.
 DIRECTION_WEIGHT_DECAY = 0.1
 
 

@@ -17,6 +17,7 @@ Real data is split deterministically by sorted order: split="test" holds every 1
 
 import colorsys
 import csv
+import math
 import os
 import sys
 import time
@@ -341,8 +342,13 @@ def _read_attr_file(path):
 def read_label_csv(path):
     """A user's labels: CSV with header `file,label1,label2,...` (binary or continuous values).
     Returns (names, {file stem: [floats]}); rows are matched to images by file stem."""
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except OSError as e:
+        raise DatasetError(f"cannot read the labels file {path} ({e.strerror})") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise DatasetError(f"{path} is not a text CSV file (expected a header `file,label1,...`)") from None
     if len(rows) < 2 or len(rows[0]) < 2:
         raise DatasetError(f"{path}: expected a header `file,label1,...` and at least one row")
     names, table = [c.strip() for c in rows[0][1:]], {}
@@ -351,6 +357,8 @@ def read_label_csv(path):
             values = [float(c) for c in row[1:]]
         except ValueError:
             raise DatasetError(f"{path}, line {lineno}: labels must be numbers, got {row[1:]}") from None
+        if not all(math.isfinite(v) for v in values):
+            raise DatasetError(f"{path}, line {lineno}: labels must be finite numbers, got {row[1:]}")
         if len(values) != len(names):
             raise DatasetError(f"{path}, line {lineno}: {len(values)} labels, header names {len(names)}")
         table[Path(row[0].strip()).stem] = values

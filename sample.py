@@ -268,17 +268,21 @@ def attribute_index(names, attr):
 def direction_for(model, ck, args):
     """The attribute's direction in normalised z space (App. A.2), trained once and cached beside the checkpoint."""
     import classifier
-    tag = os.path.splitext(os.path.basename(args.labels_csv))[0] if args.labels_csv else (args.data or ck["config"].get("train", {}).get("data"))
-    path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions",
-                        f"{tag}_{args.attr}_wd{args.direction_l2:g}.pt")  # the L2 in the name: a cache per strength
+    path = direction_cache(ck, args)
     if os.path.exists(path):
         c = torch.load(path, weights_only=True)
         return c["direction"], c["mean"], c["std"]
     z, y, names = training_codes(model, ck, args)
     col = y[:, attribute_index(names, args.attr)]
-    mean, std = classifier.code_stats(z)
+    if getattr(model, "latent", None) is not None:  # the autoencoder's own code statistics, as the official code
+        mean, std = model.latent.mean.detach().float().cpu(), model.latent.std.detach().float().cpu()
+    else:  # the training set's codes (the labelled set where a --labels-csv names other images)
+        mean, std = classifier.code_stats(z)
     zn = classifier.normalize(z, mean, std)
     binary = bool(torch.all((col == 0) | (col == 1)))
+    if len(col.unique()) < 2:
+        cli.usage_error(f"every training image has {args.attr} = {float(col[0]):g}: no direction separates one class; "
+                        f"use labels with both values")
     # a binary label gets logistic regression; a continuous one (head pose, age) a ridge regression
     probe = (classifier.fit_logistic(zn, col[:, None], weight_decay=args.direction_l2) if binary
              else classifier.fit_linear_regression(zn, col[:, None]))
@@ -289,6 +293,21 @@ def direction_for(model, ck, args):
     os.replace(tmp, path)
     print(f"trained a {'logistic' if binary else 'linear'} probe for {args.attr} on {len(z)} codes; cached at {path}")
     return direction, mean, std
+
+
+def direction_cache(ck, args):
+    """Where a direction is cached: keyed by the data (or the labels file's contents), the attribute,
+    the probe's L2 strength and the checkpoint's weights, so nothing stale is ever reused."""
+    import hashlib
+    import pdae
+    if args.labels_csv:
+        with open(args.labels_csv, "rb") as f:
+            tag = f"{os.path.splitext(os.path.basename(args.labels_csv))[0]}-{hashlib.sha256(f.read()).hexdigest()[:10]}"
+    else:
+        tag = args.data or ck["config"].get("train", {}).get("data")
+    weights = pdae.weights_sha256(ck.get("ema") or ck["model"])[:10]
+    return os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions",
+                        f"{tag}_{args.attr}_wd{args.direction_l2:g}_{weights}.pt")
 
 
 def cmd_manipulate(kind, model, d, ck, args):
@@ -687,7 +706,8 @@ def main(argv=None):
     args.res = ck["config"].get("train", {}).get("res") or ck["config"]["unet"]["res"]
     if args.out is None:  # beside our checkpoints; released ones get a folder of their own under runs/
         official = ck["config"].get("train", {}).get("source") == "official"
-        args.out = (os.path.join("runs", "samples", os.path.splitext(os.path.basename(args.ckpt))[0]) if official
+        name = ck["config"]["train"].get("name") or os.path.splitext(os.path.basename(args.ckpt))[0]
+        args.out = (os.path.join("runs", "samples", name) if official
                     else os.path.dirname(os.path.abspath(args.ckpt)))
     model = checkpoint.build(ck).to(args.device)
     amp = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]

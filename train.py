@@ -853,7 +853,9 @@ def train_latent(args):
     run, device = latent_run(args, ck), cli.pick_device(args.device)
     with RunFolder(run.out):
         z_all = encode_all(checkpoint.build(ck).to(device), dataset(run, "train", run.n_train), device, args.workers or 0)
-        latent, ema = fit_latent(run, z_all.to(device), args.log_every)
+        # PDAE's latent sampler clamps its start and clips z0 each step, on the autoencoder's grid
+        latent, ema = fit_latent(run, z_all.to(device), args.log_every, clip=ck["kind"] == "pdae",
+                                 grid=checkpoint.diffusion(ck).grid)
         path = os.path.join(run.out, "ckpt.pt")
         checkpoint.save(path, with_latent(ck, latent, ema, run, args.ckpt))
     print(f"done: {path} holds the autoencoder and its latent DDIM.\n"
@@ -861,11 +863,12 @@ def train_latent(args):
     return 0
 
 
-def fit_latent(run, z_all, log_every):
+def fit_latent(run, z_all, log_every, clip=False, grid="diffae"):
     """The latent DDIM's loop: Diff-AE Eq. 9 (L1 on eps) over random codes, AdamW (Table 6), EMA."""
     hp, device = run.hp, z_all.device
     torch.manual_seed(run.seed)
-    latent = LatentDDIM(LatentNetConfig(z_dim=z_all.shape[1], hidden=hp["hidden"], num_layers=hp["num_layers"])).to(device)
+    cfg = LatentNetConfig(z_dim=z_all.shape[1], hidden=hp["hidden"], num_layers=hp["num_layers"])
+    latent = LatentDDIM(cfg, clip=clip, grid=grid).to(device)
     latent.set_stats(z_all)
     ema = EMA(latent, hp["ema"])
     opt = torch.optim.AdamW(latent.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])

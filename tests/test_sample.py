@@ -135,7 +135,7 @@ def test_direction_is_cached_per_l2_strength(ckpts):
     for wd in ("0.1", "0.001"):
         assert sample.main(["--ckpt", str(lat), "manipulate", "--attr", "Beard", "--scale", "0,0.3", "--n", "2",
                             "--steps", "2", "--direction-l2", wd, "--out", str(out)]) == 0
-    a, b = (torch.load(ckpts / "lat" / "directions" / f"toyfaces_Beard_wd{wd}.pt", weights_only=True)["direction"]
+    a, b = (torch.load(next((ckpts / "lat" / "directions").glob(f"toyfaces_Beard_wd{wd}_*.pt")), weights_only=True)["direction"]
             for wd in ("0.1", "0.001"))
     assert abs(float(a.norm()) - 1) < 1e-5 and not torch.allclose(a, b)
     with pytest.raises(SystemExit) as e:
@@ -150,7 +150,7 @@ def test_reconstruct_works_on_an_official_checkpoint_as_is(tmp_path, monkeypatch
         pytest.skip("official fixtures not found beside the repository")
     monkeypatch.chdir(tmp_path)
     assert sample.main(["--ckpt", official, "reconstruct", "--steps", "3", "--n", "2"]) == 0
-    assert os.path.exists(tmp_path / "runs" / "samples" / "diffae_autoenc_tiny" / "reconstruct_T3.png")
+    assert os.path.exists(tmp_path / "runs" / "samples" / "tiny_autoenc_latent" / "reconstruct_T3.png")  # its config names it
 
 
 def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
@@ -188,3 +188,28 @@ def test_each_subcommand_lists_only_its_own_flags(capsys):
         sample.main(["--ckpt", "x", "reconstruct", "--help"])
     text = capsys.readouterr().out
     assert "--steps" in text and "--scale" not in text and "--labels-csv" not in text
+
+
+def test_direction_cache_is_keyed_by_the_weights(ckpts, tmp_path):
+    """A further-trained model never reuses a stale direction: other weights, another cache file."""
+    lat = checkpoint.load(ckpts / "lat" / "ckpt.pt")
+    moved = dict(lat, ema={k: v + 1e-3 if v.is_floating_point() else v for k, v in lat["ema"].items()})
+    args = types.SimpleNamespace(labels_csv=None, data=None, attr="Beard", direction_l2=0.1, ckpt=str(tmp_path / "c.pt"))
+    assert sample.direction_cache(lat, args) != sample.direction_cache(moved, args)
+    assert sample.direction_cache(lat, args) == sample.direction_cache(dict(lat), args)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,Beard\na.png,1\n")
+    one = sample.direction_cache(lat, types.SimpleNamespace(**{**vars(args), "labels_csv": str(csv)}))
+    csv.write_text("file,Beard\na.png,0\n")
+    assert one != sample.direction_cache(lat, types.SimpleNamespace(**{**vars(args), "labels_csv": str(csv)}))
+
+
+@pytest.mark.parametrize("content, says", [(None, "cannot read"), (b"\xff\xfe\x00\x89PNG\x00\xff", "not a text CSV"),
+                                           (b"file,Smiling\na.png,nan\n", "finite"), (b"file,Smiling\na.png,x\n", "numbers")])
+def test_bad_label_files_are_refused(tmp_path, content, says):
+    import data
+    path = tmp_path / "labels.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(data.DatasetError, match=says):
+        data.read_label_csv(str(path))
