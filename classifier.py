@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metrics import balanced_accuracy
+
 
 # ----------------------------------------------------------------------------
 # Normalisation of z (Diff-AE App. A.2)
@@ -215,14 +217,6 @@ def rejection_sample(sample_fn, prob_fn, n, threshold=0.5, generator=None, max_r
 # ----------------------------------------------------------------------------
 # Evaluation: does z linearly predict the attributes?
 
-def balanced_accuracy(pred, y):
-    """Per attribute, the mean of the true positive and true negative rates; NaN if a class is absent."""
-    pred, y = _as_columns(pred).bool(), _as_columns(y).bool()
-    tpr = (pred & y).sum(0) / y.sum(0)  # 0/0 gives NaN, which is the honest answer
-    tnr = (~pred & ~y).sum(0) / (~y).sum(0)
-    return (tpr + tnr) / 2  # (A,)
-
-
 PROBE_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2)  # the L2 strengths a probe's cross-validation tries
 
 
@@ -247,7 +241,7 @@ def probe_accuracy(z_train, y_train, z_test, y_test, weight_decay=None, folds=5,
         with torch.no_grad():
             cols = wd == w
             pred[:, cols] = (probe(normalize(z_test.float(), mean, std)) > 0)[:, cols]
-    acc = balanced_accuracy(pred, y_test)
+    acc = balanced_accuracy(_as_columns(y_test), pred)
     return {"per_attribute": acc.tolist(), "mean": acc.nanmean().item(), "weight_decay": wd.tolist()}
 
 
@@ -266,6 +260,6 @@ def cross_validate_weight_decay(z, y, folds, grid):
         for i, w in enumerate(grid):
             probe = fit_logistic(normalize(z[~held], mean, std), y[~held], weight_decay=w)
             with torch.no_grad():
-                score[i] += balanced_accuracy(probe(normalize(z[held], mean, std)) > 0, y[held]).nan_to_num(0.0)
+                score[i] += balanced_accuracy(y[held], probe(normalize(z[held], mean, std)) > 0).nan_to_num(0.0)
     best = len(grid) - 1 - score.flip(0).argmax(0)  # argmax of the flipped scores: ties to the larger strength
     return torch.tensor(grid, dtype=torch.float32)[best]

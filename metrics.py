@@ -199,14 +199,15 @@ def attribute_judge(res, cache_dir="data/cache", device="cpu"):
 
 
 def balanced_accuracy(y_true, y_pred):
-    """Mean of the true-positive and true-negative rates of binary labels (0/1 or bool).
-    A class with no examples has no rate and is left out of the mean; no examples at all
-    gives nan. Chance level is 0.5 whatever the base rate."""
-    t = torch.as_tensor(y_true).flatten().bool()
-    p = torch.as_tensor(y_pred).flatten().bool()
-    rates = [(p[t == c] == c).float().mean().item()  # TPR for c=True, TNR for c=False
-             for c in (True, False) if (t == c).any()]
-    return sum(rates) / len(rates) if rates else float("nan")
+    """Mean of the true-positive and true-negative rates of binary labels (0/1 or bool), per column:
+    [N] -> a 0-d tensor, [N, A] -> [A]. Chance level is 0.5 whatever the base rate. A column with no
+    positives or no negatives has no balanced accuracy: NaN (0/0), which callers skip (nanmean)."""
+    t, p = torch.as_tensor(y_true).bool(), torch.as_tensor(y_pred).bool()
+    if t.shape != p.shape:
+        raise ValueError(f"balanced_accuracy: labels {tuple(t.shape)} and predictions {tuple(p.shape)} differ in shape")
+    tpr = (p & t).sum(0) / t.sum(0)
+    tnr = (~p & ~t).sum(0) / (~t).sum(0)
+    return (tpr + tnr) / 2
 
 
 @torch.no_grad()
@@ -218,11 +219,11 @@ def judge_apply(fn, images, judge, batch_size=256):
 
 def attribute_accuracy(judge, images, attrs, batch_size=256):
     """Balanced accuracy of the judge's predictions (logit > 0) against `attrs` [N, n_attrs]
-    0/1, per attribute: {name: accuracy}. images: [N, 3, H, W] in [-1, 1]."""
+    0/1, per attribute: {name: accuracy} (NaN where the labels hold one class only).
+    images: [N, 3, H, W] in [-1, 1]."""
     pred = judge_apply(judge, images, judge, batch_size) > 0
-    attrs = torch.as_tensor(attrs).cpu()
-    return {name: balanced_accuracy(attrs[:, i], pred[:, i])
-            for i, name in enumerate(judge.attributes)}
+    acc = balanced_accuracy(torch.as_tensor(attrs).cpu(), pred)
+    return dict(zip(judge.attributes, acc.tolist()))
 
 
 def toy_frechet_distance(images_a, images_b, judge, batch_size=256):

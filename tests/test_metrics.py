@@ -140,17 +140,29 @@ def test_frechet_distance_matches_product_eigenvalues_symmetric_nonnegative():
 
 def test_balanced_accuracy_closed_cases():
     t = torch.tensor([1, 1, 0, 0, 0, 0])
-    assert balanced_accuracy(t, t) == 1.0
-    assert balanced_accuracy(t, 1 - t) == 0.0
+    assert balanced_accuracy(t, t).item() == 1.0
+    assert balanced_accuracy(t, 1 - t).item() == 0.0
     # a constant predictor is at chance whatever the base rate
-    assert balanced_accuracy(t, torch.ones(6)) == 0.5
-    assert balanced_accuracy(t, torch.zeros(6)) == 0.5
-    # TPR 1/2, TNR 3/4
-    assert balanced_accuracy(t, torch.tensor([1, 0, 0, 0, 0, 1])) == pytest.approx(0.625)
-    # one class absent: only the other rate is defined
-    assert balanced_accuracy([1, 1, 1, 1], [1, 1, 0, 0]) == 0.5
-    assert balanced_accuracy([0, 0, 0], [0, 0, 0]) == 1.0
-    assert math.isnan(balanced_accuracy([], []))
+    assert balanced_accuracy(t, torch.ones(6)).item() == 0.5
+    assert balanced_accuracy(t, torch.zeros(6)).item() == 0.5
+    # TPR 1/2, TNR 3/4; the arguments are (labels, predictions)
+    assert balanced_accuracy(t, torch.tensor([1, 0, 0, 0, 0, 1])).item() == pytest.approx(0.625)
+    assert balanced_accuracy(torch.tensor([1, 0, 0, 0]), torch.tensor([1, 1, 1, 0])).item() == pytest.approx(2 / 3)
+    # one class absent: the balanced accuracy is undefined, and says so
+    assert math.isnan(balanced_accuracy([1, 1, 1, 1], [1, 1, 0, 0]).item())
+    assert math.isnan(balanced_accuracy([0, 0, 0], [0, 0, 0]).item())
+    assert math.isnan(balanced_accuracy([], []).item())
+
+
+def test_balanced_accuracy_is_per_column():
+    y = torch.tensor([[1, 0], [1, 0], [0, 0], [0, 0]])
+    pred = torch.tensor([[1, 1], [0, 0], [0, 0], [0, 0]])
+    acc = balanced_accuracy(y, pred)
+    assert acc.shape == (2,) and acc[0].item() == pytest.approx((0.5 + 1.0) / 2)
+    assert torch.isnan(acc[1])  # no positives: TPR undefined
+    assert acc[0].item() == balanced_accuracy(y[:, 0], pred[:, 0]).item()
+    with pytest.raises(ValueError, match="shape"):
+        balanced_accuracy(y, pred[:, 0])
 
 
 # ----------------------------------------------------------------------------
