@@ -617,7 +617,7 @@ FLAGS = {
     "x-T": (str, "inferred,random", "the x_T rows: inferred and/or random"),
     "probe-train": (cli.positive_int, 10_000, "training images for the probe (its L2 strength is cross-validated on them)"),
     "attr": (str, "Smiling", "the attribute (a label column)"),
-    "scale": (cli.number_list(float), "-0.4,-0.2,0,0.2,0.4", "comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3)"),
+    "scale": (cli.number_list(float), "-0.4,-0.2,0,0.2,0.4", "comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3); a list that starts negative needs the = form: --scale=-0.3,0,0.3"),
     "direction-l2": (cli.positive_float, None, "L2 strength of the probe whose normal is the direction (default "
                                                "classifier.DIRECTION_WEIGHT_DECAY; smaller: sharper, further off the codes)"),
     "labels": (str, "binary", "Table 3's setups: binary or pu"),
