@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
+
 # ----------------------------------------------------------------------------
 # Reconstruction metrics (Diff-AE Table 2: SSIM, LPIPS, MSE; PSNR as in the official code)
 
@@ -190,11 +192,7 @@ def attribute_judge(res, cache_dir="data/cache", device="cpu"):
         return net.to(device).eval()
     print(f"attribute judge: none cached at {path}, training one (about a minute on a CPU)")
     net = train_attribute_net(res, device=device, log_every=0)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    torch.save({"config": net.config,
-                "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}, tmp)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    checkpoint.save(path, {"config": net.config, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}})
     return net
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 import torch
 from torch import nn
 
-from diffusion import Diffusion
+from diffusion import Diffusion, _bcast
 from encoder import PDAEEncoder, PDAEEncoderConfig
 from nn import AttentionBlock, ResBlock, ada_group_norm
 from unet import UNet, UNetConfig, check_input_skip, decoder_half, run_block
@@ -163,11 +163,6 @@ class LabelEmbedding(nn.Module):
 
 # --- the autoencoder --------------------------------------------------------------------------
 
-def _col(c, x):
-    """A per-sample coefficient as float32 (B, 1, 1, 1) beside x."""
-    return c.to(device=x.device, dtype=torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
-
-
 def _tuples(d):
     """A config dict with lists (as a checkpoint may hold them) back to the dataclasses' tuples."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -259,7 +254,7 @@ class PDAE(nn.Module):
             if shift_from is not None and not bool(c.any()):
                 return eps  # §4.8: the last steps use the pre-trained DPM alone (G is not even run)
             g = sum(w * self.G(hs, emb, z).float() for w, z in zip(ws, zs))
-            return eps.float() - _col(c, x) * g  # PDAE Eq. 6 (DDIM) / Eq. 5, 7 (DDPM)
+            return eps.float() - _bcast(c, x) * g  # PDAE Eq. 6 (DDIM) / Eq. 5, 7 (DDPM)
 
         return eps_hat
 
@@ -370,7 +365,7 @@ def posterior_mean_gap(pdae, unet, d, x0, ts, z=None, generator=None):
         out["pretrained"].append(float((true - mean(unet(x_t, tt).float())).square().mean()))
         if pdae is not None:
             eps, g = pdae.predict(x_t, tt, z)
-            eps_hat = eps.float() - _col(coef[tt.cpu()], x_t) * g.float()  # mean = mu_theta + Sigma_t G (Eq. 5)
+            eps_hat = eps.float() - _bcast(coef[tt.cpu()], x_t) * g.float()  # mean = mu_theta + Sigma_t G (Eq. 5)
             out["pdae"].append(float((true - mean(eps_hat)).square().mean()))
     return out
 
@@ -389,7 +384,7 @@ def denoise_one_step(pdae, x0, ts, z=None, generator=None):
         tt = torch.full((x0.shape[0],), int(t), dtype=torch.long, device=x0.device)
         x_t = d.q_sample(x0, tt, torch.randn(x0.shape, generator=generator).to(x0.device))
         eps, g = pdae.predict(x_t, tt, z)
-        eps_hat = eps.float() - _col(pdae.ddpm_coef[tt.cpu()], x_t) * g.float()
+        eps_hat = eps.float() - _bcast(pdae.ddpm_coef[tt.cpu()], x_t) * g.float()
         xs.append(x_t)
         pre.append(d.predict_x0(x_t, tt, eps.float()))
         shifted.append(d.predict_x0(x_t, tt, eps_hat))

@@ -287,10 +287,7 @@ def direction_for(model, ck, args):
     probe = (classifier.fit_logistic(zn, col[:, None], weight_decay=args.direction_l2) if binary
              else classifier.fit_linear_regression(zn, col[:, None]))
     direction = classifier.attribute_direction(probe)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"direction": direction, "mean": mean, "std": std, "binary": binary, "n": len(z)}, tmp)
-    os.replace(tmp, path)
+    checkpoint.save(path, {"direction": direction, "mean": mean, "std": std, "binary": binary, "n": len(z)})
     print(f"trained a {'logistic' if binary else 'linear'} probe for {args.attr} on {len(z)} codes; cached at {path}")
     return direction, mean, std
 

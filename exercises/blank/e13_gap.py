@@ -6,7 +6,7 @@ Check:  STUDENT=exercises/mine python -m pytest tests/exercises -k gap
 import torch  # noqa: F401
 
 from diffusion import _bcast  # noqa: F401  _bcast(a, x): a (B,) float64 tensor as float32 (B, 1, ..., 1) beside x
-from pdae import _col, mean_shift_coef  # noqa: F401  _col is _bcast; mean_shift_coef(d) is c_t (Exercise 11)
+from pdae import mean_shift_coef  # noqa: F401  mean_shift_coef(d) is c_t (Exercise 11)
 
 
 def posterior_mean(self, x0, x_t, t):
