@@ -59,6 +59,13 @@ def space_timesteps(T, steps, rule="ddim"):
 GRIDS = ("diffae", "pdae")
 
 
+def posterior_variance_on(ab):
+    """Sigma_t = beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t) (DDPM Eq. 7) along a chain given by its
+    alphabar sequence (the full schedule or a respaced one)."""
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    return (1 - ab / ab_prev) * (1 - ab_prev) / (1 - ab)
+
+
 def _bcast(a, x):
     """A per-sample float64 coefficient as float32 (B, 1, 1, 1) beside x."""
     return a.to(device=x.device, dtype=torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
@@ -115,13 +122,11 @@ class Diffusion:
         beta = 1 - ab / ab_prev
         coef_x0 = ab_prev.sqrt() * beta / (1 - ab)            # posterior_mean_coef_x0
         coef_xt = (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)  # posterior_mean_coef_xt
-        var = beta * (1 - ab_prev) / (1 - ab)                  # Sigma_t, the posterior variance
+        var = posterior_variance_on(ab_seq)[i.cpu()]
         return _bcast(coef_x0, x0) * x0 + _bcast(coef_xt, x_t) * x_t, var
 
     def posterior_variance(self, t):
-        ab = self.alphas_cumprod
-        ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
-        return (self.betas * (1 - ab_prev) / (1 - ab))[t.cpu()]
+        return posterior_variance_on(self.alphas_cumprod)[t.cpu()]
 
     # --- training ------------------------------------------------------------------------
 

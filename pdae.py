@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 import torch
 from torch import nn
 
-from diffusion import Diffusion, _bcast
+from diffusion import Diffusion, _bcast, posterior_variance_on
 from encoder import PDAEEncoder, PDAEEncoderConfig
 from nn import AttentionBlock, ResBlock, ada_group_norm
 from unet import UNet, UNetConfig, check_input_skip, decoder_half, run_block
@@ -48,7 +48,7 @@ def _mean_shift_coef_on(ab):
     ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
     alpha = ab / ab_prev
     beta = 1 - alpha
-    sigma = beta * (1 - ab_prev) / (1 - ab)                 # Sigma_t, the posterior variance
+    sigma = posterior_variance_on(ab)
     return alpha.sqrt() * (1 - ab).sqrt() / beta * sigma   # PDAE Eq. 7
 
 
