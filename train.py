@@ -12,6 +12,7 @@ A run folder belongs to one run: a new run refuses a folder that holds another r
 a lock keeps a second process out, and Ctrl-C saves the last finished step (exit code 130).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -534,7 +536,6 @@ class CtrlC:
 
 
 def _main_thread():
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -642,16 +643,10 @@ def train(args):
     ds = dataset(run, "train", run.n_train)
     model, config = build_model(run, resume, args.grad_checkpoint)
     config["train"] = run.recorded(len(ds))
-    with (RunFolder(run.out, resume_path) if master else _Nothing()), CtrlC() as ctrl_c:
+    with (RunFolder(run.out, resume_path) if master else contextlib.nullcontext()), CtrlC() as ctrl_c:
         return loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, ctrl_c)
 
 
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def prepare(run, args, model, config, resume, device, world):
