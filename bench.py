@@ -92,16 +92,20 @@ def noise_predictor(model, kind, x0, kind_of_shift="ddim"):
     return lambda x, t: model.unet(x, t, z)
 
 
-def bench_train(model, forward, args, device, amp_dtype, res, B):
-    """Median seconds of one training step (forward, backward, clip, Adam) and its FLOPs."""
+def bench_train(model, forward, args, device, amp_dtype, res, B, tuned=True):
+    """Median seconds of one training step (forward, backward, clip, Adam) and its FLOPs.
+
+    tuned: channels-last (unless --no-channels-last) and fused Adam, as train.py runs; the official
+    code gets them on CUDA only (its own trainer on a CPU runs NCHW and the unfused Adam).
+    """
     d = Diffusion()
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.Adam(params, lr=1e-4, fused=tuned)
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(B, 3, res, res, generator=g) * 2 - 1).to(device)
     noise = torch.randn(B, 3, res, res, generator=g).to(device)
     t = torch.randint(0, 1000, (B,), generator=g).to(device)
-    if device.type == "cuda" and args.channels_last:
+    if tuned and args.channels_last:
         x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
 
     def step():
@@ -144,15 +148,15 @@ def parse_args(argv):
     return args
 
 
-def report(name, model, forward, args, device, amp, res, B):
+def report(name, model, forward, args, device, amp, res, B, tuned=True):
     """Time one training step of `model` and print and return its row."""
     model.to(device).train()
-    if device.type == "cuda" and args.channels_last:
+    if tuned and args.channels_last:
         model.to(memory_format=torch.channels_last)
     fn = torch.compile(forward) if args.compile else forward
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sec, flops = bench_train(model, fn, args, device, amp, res, B)
+    sec, flops = bench_train(model, fn, args, device, amp, res, B, tuned)
     row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
                train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
                achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
@@ -199,7 +203,7 @@ def alternate_rounds(ours, official, rows, args, device, amps, res, B):
     for _ in range(args.rounds - 1):
         ours[0].train()
         t_ours.append(bench_train(ours[0], ours[1], args, device, amps[0], res, B)[0])
-        t_off.append(bench_train(official[0], official[1], args, device, amps[1], res, B)[0])
+        t_off.append(bench_train(official[0], official[1], args, device, amps[1], res, B, device.type == "cuda")[0])
     ratio = statistics.median(t_off) / statistics.median(t_ours)
     rows[0]["train_step_s_rounds"], rows[1]["train_step_s_rounds"] = t_ours, t_off
     rows[0]["speedup_vs_official"] = ratio
@@ -224,7 +228,7 @@ def main(argv=None):
     if args.official:
         official = official_model(args.official, args.model, p, res)
         off_amp = amp_dtype if cuda else None  # the official code autocasts only on CUDA
-        rows.append(report("official", *official, args, device, off_amp, res, B))
+        rows.append(report("official", *official, args, device, off_amp, res, B, tuned=cuda))
         if ours is not None:
             alternate_rounds(ours, official, rows, args, device, (amp_dtype, off_amp), res, B)
     if args.json:

@@ -309,7 +309,10 @@ def main(argv):
         ck = load(argv[1])
     except CheckpointError as e:
         cli.usage_error(str(e))
-    save(argv[2], ck)
+    try:
+        save(argv[2], ck)
+    except (OSError, RuntimeError) as e:  # torch.save reports an unopenable file as a RuntimeError
+        cli.usage_error(f"cannot write {argv[2]}: {getattr(e, 'strerror', None) or e}; choose a writable DST")
     print(f"wrote {argv[2]} (kind {ck['kind']}{', with a latent DDIM' if ck['config'].get('latent') else ''})")
     return 0
 

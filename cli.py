@@ -60,6 +60,23 @@ finite_float = ranged(float)
 seed_int = ranged(int, 0, 2**63 - 1)
 
 
+def native_bf16():
+    """Whether this CPU does bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX, Arm BF16).
+
+    Only there is CPU bf16 autocast faster than float32; elsewhere it is emulated, and slower.
+    """
+    import platform
+    import torch
+    cpu = torch.cpu
+    if platform.machine() in ("x86_64", "AMD64"):
+        return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("Features") and " bf16" in line for line in f)
+    except OSError:
+        return False
+
+
 def pick_device(name):
     """--device: None means CUDA when there is one, else the CPU; a device that is not there is a usage error."""
     import torch

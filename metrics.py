@@ -260,3 +260,21 @@ def fid(images_a, images_b, device="cpu", batch_size=64):
         return torch.cat([net(to_unit(x).clamp(0, 1).to(device))[0].flatten(1).cpu()
                           for x in imgs.split(batch_size)])
     return frechet_distance(feats(images_a), feats(images_b))
+
+
+def lpips_model(device="cpu"):
+    """(LPIPS with AlexNet features, as the official Diff-AE evaluation, None) or (None, why not).
+    The `lpips` package is optional; its AlexNet weights download on first use."""
+    try:
+        import lpips
+    except ImportError:
+        return None, "pip install lpips; its AlexNet weights download on first use"
+    try:
+        return lpips.LPIPS(net="alex", verbose=False).to(device).eval(), None
+    except Exception as e:  # no network for the first download, a broken cache, ...
+        return None, f"lpips could not load its weights ({type(e).__name__}: {e})"
+
+
+def lpips_distance(fn, a, b):
+    """Per-image LPIPS of images in [-1, 1], the range the lpips package takes (shape [B])."""
+    return fn(a.float(), b.float()).flatten()

@@ -165,9 +165,12 @@ def cmd_eval(kind, model, d, ck, args):
         modes = ["inferred"]  # a random x_T carries nothing of the input without a z_sem
     results = {"checkpoint": args.ckpt, "kind": kind, "n_images": len(x), "rows": []}
     g = torch.Generator().manual_seed(args.seed)
+    lpips_fn, why_not = metrics.lpips_model(args.device)
+    if lpips_fn is None:
+        print(f"LPIPS: skipped ({why_not})")
     for steps in steps_list:
         for xT_mode in modes:
-            mse, ssim, recs = [], [], []
+            mse, ssim, lp, recs = [], [], [], []
             t0 = time.time()
             with torch.inference_mode():
                 for xb in x.split(args.batch_size):
@@ -180,15 +183,22 @@ def cmd_eval(kind, model, d, ck, args):
                     rec = decode(kind, model, d, z, x_T, steps)
                     mse.append(metrics.mse(rec, xb).cpu())
                     ssim.append(metrics.ssim(rec, xb).cpu())
+                    if lpips_fn is not None:
+                        lp.append(metrics.lpips_distance(lpips_fn, rec, xb).cpu())
                     recs.append(rec.cpu())
             row = dict(T=steps, x_T=xT_mode, mse=float(torch.cat(mse).mean()), ssim=float(torch.cat(ssim).mean()),
-                       seconds=round(time.time() - t0, 1))
+                       lpips=float(torch.cat(lp).mean()) if lp else None, seconds=round(time.time() - t0, 1))
             if names and args.judge and xT_mode == "random":  # do random-x_T reconstructions keep the attributes?
                 judge = metrics.attribute_judge(x.shape[-1], device="cpu")
                 acc = metrics.attribute_accuracy(judge, torch.cat(recs), y)
                 row["attribute_balanced_accuracy"] = acc
+                row["attribute_mean"] = sum(acc.values()) / len(acc)
             results["rows"].append(row)
-            print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}  ({row['seconds']}s)", flush=True)
+            lp_txt = f"  LPIPS {row['lpips']:.4f}" if lp else ""
+            print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}{lp_txt}  ({row['seconds']}s)", flush=True)
+            if "attribute_mean" in row:
+                print(f"          the judge finds the input's attributes kept: {row['attribute_mean']:.3f} mean balanced "
+                      f"accuracy ({', '.join(f'{k} {v:.2f}' for k, v in row['attribute_balanced_accuracy'].items())})")
     if names and kind != "ddim" and args.probe:
         results["probe"] = probe(model, ck, args)
         print(f"linear probe on z_sem: mean balanced accuracy {results['probe']['mean']:.3f} over {len(names)} attributes "
@@ -319,12 +329,13 @@ def cmd_manipulate(kind, model, d, ck, args):
         return measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales)
     x = x.to(args.device)
     with torch.inference_mode():
-        z, x_T = encode(kind, model, d, x, args.steps)
+        z, x_T = encode(kind, model, d, x, args.invert_steps)
         outs = [decode(kind, model, d, classifier.manipulate(z, direction.to(z), s, mean.to(z), std.to(z)), x_T, args.steps)
                 for s in scales]
     rows = [torch.cat([x[i:i + 1]] + [o[i:i + 1] for o in outs]) for i in range(len(x))]
     path = save_grid(os.path.join(args.out, f"manipulate_{args.attr}_T{args.steps}.png"), rows)
-    print(f"wrote {path}: each row = input, then scales {scales} along {args.attr}")
+    print(f"wrote {path}: each row = input, then scales {scales} along {args.attr} "
+          f"(x_T inverted in {args.invert_steps} steps, decoded in {args.steps})")
 
 
 def measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales):
@@ -343,7 +354,7 @@ def measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales)
         with torch.inference_mode():
             for xb in xs.split(args.batch_size):
                 xb = xb.to(args.device)
-                z, x_T = encode(kind, model, d, xb, args.steps)
+                z, x_T = encode(kind, model, d, xb, args.invert_steps)
                 outs.append(decode(kind, model, d, classifier.manipulate(z, direction.to(z), s, mean.to(z), std.to(z)),
                                    x_T, args.steps).cpu())
         after = metrics.judge_apply(judge, torch.cat(outs), judge) > 0
@@ -620,6 +631,8 @@ FLAGS = {
     "labels": (str, "binary", "Table 3's setups: binary or pu"),
     "labels-csv": (str, None, "your labels: CSV with columns file,label1,... (binary or continuous)"),
     "latent-steps": (cli.positive_int, None, "latent DDIM steps (default: --steps)"),
+    "invert-steps": (cli.positive_int, None, "DDIM steps of the inversion to x_T (default: --steps; for released "
+                                             "models 250, rendered with --steps 100, as the official notebook)"),
 }
 SWITCHES = {"no-probe": ("probe", "skip the linear probe on z_sem"), "no-judge": ("judge", "skip the attribute judge"),
             "measure": ("measure", "measure flip rates with the toyfaces judge")}
@@ -630,7 +643,7 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
     "vary": (cmd_vary, IMAGES + ["frames"], "one z_sem, several random x_T (Diff-AE Fig. 3)"),
     "predict-x0": (cmd_predict_x0, IMAGES, "predicted x0 along the run (Diff-AE Fig. 6)"),
     "eval": (cmd_eval, IMAGES + ["T", "x-T", "probe-train", "no-probe", "no-judge"], "reconstruction and probe tables (Tables 1-2)"),
-    "manipulate": (cmd_manipulate, IMAGES + ["attr", "scale", "direction-l2", "measure", "labels-csv", "probe-train"],
+    "manipulate": (cmd_manipulate, IMAGES + ["invert-steps", "attr", "scale", "direction-l2", "measure", "labels-csv", "probe-train"],
                    "move z_sem along an attribute direction (Diff-AE §5.3, Fig. 5)"),
     "sample": (cmd_sample, ["steps", "n", "batch-size", "frames", "latent-steps"], "unconditional samples from the latent DDIM"),
     "conditional": (cmd_conditional, IMAGES + ["attr", "labels", "labels-csv", "latent-steps", "frames", "probe-train"],
@@ -697,12 +710,14 @@ def main(argv=None):
     except checkpoint.CheckpointError as e:
         cli.usage_error(str(e))
     d = checkpoint.diffusion(ck)
-    for name, v in (("--steps", [args.steps]), ("--T", args.T), ("--latent-steps", [args.latent_steps or 1])):
+    official = ck["config"].get("train", {}).get("source") == "official"
+    args.invert_steps = args.invert_steps or (250 if official and args.command == "manipulate" else args.steps)
+    for name, v in (("--steps", [args.steps]), ("--T", args.T), ("--latent-steps", [args.latent_steps or 1]),
+                    ("--invert-steps", [args.invert_steps])):
         if max(v) > d.T:
             cli.usage_error(f"{name} {max(v)}: this model has T = {d.T} timesteps; use at most {d.T}")
     args.res = ck["config"].get("train", {}).get("res") or ck["config"]["unet"]["res"]
     if args.out is None:  # beside our checkpoints; released ones get a folder of their own under runs/
-        official = ck["config"].get("train", {}).get("source") == "official"
         name = ck["config"]["train"].get("name") or os.path.splitext(os.path.basename(args.ckpt))[0]
         args.out = (os.path.join("runs", "samples", name) if official
                     else os.path.dirname(os.path.abspath(args.ckpt)))

@@ -1,6 +1,7 @@
 """sample.py: every subcommand runs from a checkpoint alone and writes its figure or table."""
 import json
 import os
+import sys
 import types
 
 import pytest
@@ -213,3 +214,55 @@ def test_bad_label_files_are_refused(tmp_path, content, says):
         path.write_bytes(content)
     with pytest.raises(data.DatasetError, match=says):
         data.read_label_csv(str(path))
+
+
+class FakeLPIPS(torch.nn.Module):
+    """Stands in for lpips.LPIPS (whose AlexNet weights need a download): mean |a - b| per image."""
+    calls = []
+
+    def __init__(self, net, verbose=True):
+        super().__init__()
+        assert net == "alex"  # the official Diff-AE evaluation's backbone
+
+    def forward(self, a, b):
+        assert a.min() >= -1 - 1e-4 and a.max() <= 1 + 1e-4 and b.min() >= -1 - 1e-4  # lpips takes [-1, 1]
+        d = (a - b).abs().mean((1, 2, 3), keepdim=True)
+        FakeLPIPS.calls.append(d.flatten())
+        return d
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_eval_reports_lpips_where_the_package_is_installed(ckpts, monkeypatch, capsys, installed):
+    FakeLPIPS.calls = []
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=FakeLPIPS) if installed else None)
+    out = ckpts / f"eval_lpips_{installed}"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--T", "2", "--x-T", "inferred", "--n", "5",
+                        "--batch-size", "2", "--out", str(out), "--no-judge", "--no-probe"]) == 0
+    row = json.load(open(out / "eval.json"))["rows"][0]
+    text = capsys.readouterr().out
+    if installed:  # the mean over all images, every batch counted
+        assert len(FakeLPIPS.calls) == 3 and row["lpips"] == pytest.approx(float(torch.cat(FakeLPIPS.calls).mean()))
+        assert row["lpips"] > 0 and "LPIPS" in text
+    else:
+        assert row["lpips"] is None and "LPIPS: skipped (pip install lpips" in text
+
+
+def test_manipulate_inverts_with_invert_steps_and_renders_with_steps(ckpts, monkeypatch):
+    seen = {"encode": [], "decode": []}
+    encode, decode = sample.encode, sample.decode
+    monkeypatch.setattr(sample, "encode", lambda k, m, d, x, steps: seen["encode"].append(steps) or encode(k, m, d, x, steps))
+    monkeypatch.setattr(sample, "decode", lambda k, m, d, z, x, steps: seen["decode"].append(steps) or decode(k, m, d, z, x, steps))
+    lat, out = str(ckpts / "lat" / "ckpt.pt"), ckpts / "inv"
+    args = ["manipulate", "--scale", "0,0.3", "--n", "2", "--probe-train", "64", "--out", str(out)]
+    assert sample.main(["--ckpt", lat, *args, "--invert-steps", "4", "--steps", "3"]) == 0
+    assert seen == {"encode": [4], "decode": [3, 3]}
+    seen["encode"].clear()
+    assert sample.main(["--ckpt", lat, *args, "--steps", "3"]) == 0  # our models: --steps for both
+    assert seen["encode"] == [3]
+    # a released model: the official notebook's 250-step inversion, whatever --steps renders with
+    ck = checkpoint.load(lat)
+    ck["config"]["train"]["source"] = "official"
+    monkeypatch.setattr(checkpoint, "load", lambda path: ck)
+    seen["encode"].clear()
+    assert sample.main(["--ckpt", lat, *args, "--steps", "3"]) == 0
+    assert seen["encode"] == [250]

@@ -79,7 +79,7 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
 def test_two_process_gloo_equals_one_process(tmp_path):
     """torchrun with 2 CPU ranks: identical weights on both ranks, equal to a 1-process run of the same global batch."""
     common = ["--preset", "tiny16", "--model", "ddim", "--n-train", "64", "--data-dir", str(tmp_path / "cache"),
-              "--device", "cpu", "--steps", "3", "--batch-size", "8", "--log-every", "1000"]
+              "--device", "cpu", "--steps", "3", "--batch-size", "8", "--log-every", "1000", "--amp", "off"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "train.py"), *common, "--out", str(tmp_path / "ddp")]
