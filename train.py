@@ -370,20 +370,36 @@ def step_noise(seed, step, batch, shape, rank, world, device):
 # --- what every training loop shares: run folder, EMA, progress, loss health, Ctrl-C ---------
 
 class RunFolder:
-    """A run folder owned by one run: a lock file while it trains, no overwriting of another run."""
+    """A run folder owned by one run: no overwriting of another run's checkpoint, and an advisory lock
+    (flock on OUT/train.lock) while it trains. The kernel drops the lock when its process ends, however
+    it ends (kill -9 included), so a killed run never leaves a lock behind, and no window is left
+    in which two runs could both hold it. The file itself stays; it names the last holder."""
 
     def __init__(self, out, ckpt_ok=None):
         self.out, self.lock = out, os.path.join(out, "train.lock")
         self.ckpt_ok = ckpt_ok  # the one checkpoint in `out` this run may replace (the one it resumes)
+        self.fd = None
 
     def __enter__(self):
         try:
             os.makedirs(self.out, exist_ok=True)
-            fd = self._take_lock()
+            self.fd = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as e:
             cli.usage_error(f"cannot write the run folder {self.out} ({e.strerror}); pass a writable --out")
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        os.close(fd)
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): runs started at once into one folder are not kept apart
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                self.__exit__()
+                cli.usage_error(f"{self.out} is in use by another training process (pid {owner}); wait for it, "
+                                f"or pass another --out")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         ck = os.path.join(self.out, "ckpt.pt")
         if os.path.exists(ck) and not (self.ckpt_ok and os.path.samefile(ck, self.ckpt_ok)):
             self.__exit__()
@@ -391,43 +407,10 @@ class RunFolder:
                             f"or pass a new --out")
         return self
 
-    def _take_lock(self):
-        for _ in range(2):
-            try:
-                return os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale():
-                    cli.usage_error(f"{self.out} is in use by another training process ({self.lock}: "
-                                    f"{self._owner()}); wait for it, or pass another --out")
-                print(f"note: removing the stale lock of a run that did not finish ({self._owner()})", flush=True)
-                os.remove(self.lock)
-        cli.usage_error(f"cannot take the lock {self.lock}")
-
-    def _owner(self):
-        try:
-            with open(self.lock) as f:
-                return f.read().strip() or "empty"
-        except OSError:
-            return "unreadable"
-
-    def _stale(self):
-        """A lock is stale when its process, on this host, is gone; another host's lock is trusted."""
-        parts = self._owner().split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            return True
-        if parts[1] != socket.gethostname():
-            return False
-        try:
-            os.kill(int(parts[0]), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return int(parts[0]) == os.getpid()  # our own process: a lock an earlier in-process run left
-
     def __exit__(self, *exc):
-        if os.path.exists(self.lock) and self._owner().split()[:1] == [str(os.getpid())]:
-            os.remove(self.lock)
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
 
 
 class EMA:

@@ -215,18 +215,21 @@ def test_resume_writes_beside_the_checkpoint_not_its_recorded_folder(tmp_path):
     assert e.value.code == 2
 
 
-def test_lock_keeps_a_second_run_out_and_a_stale_lock_is_taken_over(tmp_path, capsys):
-    import socket
+def test_a_held_lock_keeps_a_second_run_out_and_a_killed_runs_lock_is_free(tmp_path, capsys):
     out = tmp_path / "l"
     out.mkdir()
-    (out / "train.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live process
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242 host'); print('held', flush=True); time.sleep(60)",
+                               str(out / "train.lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
     with pytest.raises(SystemExit) as e:
         run(tmp_path, out, "--steps", "1")
-    assert e.value.code == 2 and "in use" in capsys.readouterr().err
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / "train.lock").write_text(f"{dead.stdout.strip()} {socket.gethostname()}\n")  # its process is gone
+    assert e.value.code == 2 and "in use by another training process (pid 4242 host)" in capsys.readouterr().err
+    assert not (out / "ckpt.pt").exists()
+    holder.kill()  # kill -9: the kernel releases its lock, nothing stale is left to recognise
+    holder.wait()
     assert run(tmp_path, out, "--steps", "1") == 0
-    assert not (out / "train.lock").exists()
+    assert (out / "train.lock").read_text().split()[0] == str(os.getpid())
 
 
 def test_ctrl_c_saves_the_last_step_and_resume_continues_exactly(tmp_path, monkeypatch, capsys):
