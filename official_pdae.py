@@ -239,7 +239,9 @@ def _checkpoint(kind, config, cfg, source, raw):
     """Our checkpoint dict around `config`, with the training facts the official config records."""
     data = cfg.get("train_dataset_config") or {}
     opt, run = cfg.get("optimizer_config") or {}, cfg.get("runner_config") or {}
-    name = os.path.basename(os.path.dirname(os.path.abspath(source)))
+    # "autoencoder-NAME", "pre-trained-dpms-NAME", ...: the DPM and the autoencoder trained on it share NAME
+    folder = os.path.dirname(os.path.abspath(source))
+    name = f"{os.path.basename(os.path.dirname(folder))}-{os.path.basename(folder)}"
     config["train"] = {"source": "official", "format": "pdae", "file": str(source), "name": name,
                        "data": str(data.get("name", "")).lower() or None, "res": config["unet"]["res"],
                        "batch_size": (cfg.get("dataloader_config") or {}).get("train", {}).get("batch_size"),

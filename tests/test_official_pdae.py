@@ -158,6 +158,18 @@ def test_converted_file_round_trips_and_the_cli_writes_it(cks, tmp_path, capsys)
 
 
 @needs_fixtures
+def test_sample_py_works_on_the_released_files_as_they_are(tmp_path, monkeypatch):
+    import sample
+    monkeypatch.chdir(tmp_path)  # no data/ffhq here: held-out toyfaces stand in, with a note
+    assert sample.main(["--ckpt", AUTOENC, "reconstruct", "--steps", "3", "--n", "2"]) == 0
+    assert sample.main(["--ckpt", LATENT, "sample", "--steps", "3", "--n", "2"]) == 0
+    assert sample.main(["--ckpt", DPM, "reconstruct", "--steps", "3", "--n", "2"]) == 0  # the DDIM baseline
+    pngs = sorted(str(p.relative_to(tmp_path / "runs" / "samples")) for p in (tmp_path / "runs" / "samples").rglob("*.png"))
+    assert pngs == ["autoencoder-ffhq128_tiny/reconstruct_T3.png", "autoencoder-ffhq128_tiny/sample_T3.png",
+                    "pre-trained-dpms-ffhq128_tiny/reconstruct_T3.png"]  # one folder per file: nothing overwritten
+
+
+@needs_fixtures
 def test_a_missing_companion_file_is_named(tmp_path):
     folder = tmp_path / "trained-models" / "autoencoder" / "x"
     folder.mkdir(parents=True)
