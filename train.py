@@ -52,12 +52,15 @@ PRESETS = {
     "horse128":   dict(PAPER, res=128, batch_size=128, ch=128, ch_mult=(1, 1, 2, 3, 4), enc_ch_mult=(1, 1, 2, 3, 4, 4), images=130_000_000),
     "bedroom128": dict(PAPER, res=128, batch_size=128, ch=128, ch_mult=(1, 1, 2, 3, 4), enc_ch_mult=(1, 1, 2, 3, 4, 4), images=120_000_000),
     "ffhq256":    dict(PAPER, res=256, batch_size=64, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), enc_ch_mult=(1, 1, 2, 2, 4, 4, 4), images=90_000_000),
-    # CPU presets: ~13 minutes on 2 cores (toy32), ~1 minute (tiny16, for smoke tests and classes).
+    # CPU presets: ~14 minutes on 2 cores (toy32), ~1 minute (tiny16, for smoke tests and classes).
+    # toy32's budget is what fits in 15 minutes: 96k images with bf16 autocast, channels-last and the
+    # fused Adam on a CPU with native bf16, 48k in float32 elsewhere. Warm-up, cosine decay, larger
+    # rates and importance-sampled t did not beat its constant 6e-4 at equal minutes (docs/RESULTS.md).
     # norm_groups 8: see nn.normalization. input_skip and t_weights "pdae": see unet.UNet's input
     # skip and t_weights below; together they make a 13-minute decoder rely on z_sem (docs/RESULTS.md).
     "toy32":  dict(res=32, batch_size=32, lr=6e-4, ema=0.995, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                   attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, norm_groups=8, images=48_000,
-                   input_skip=True, t_weights="pdae", grad_clip=1.0),
+                   attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, norm_groups=8, images=96_000,
+                   images_float32=48_000, input_skip=True, t_weights="pdae", grad_clip=1.0),
     "tiny16": dict(res=16, batch_size=16, lr=2e-4, ema=0.98, dropout=0.0, ch=16, ch_mult=(1, 2), num_res_blocks=1,
                    attn_res=(), enc_ch_mult=(1, 2, 2), embed_dim=64, z_dim=32, norm_groups=8, images=3_200, grad_clip=1.0),
 }
@@ -143,6 +146,9 @@ def fresh_run(args):
             hp[k] = getattr(args, k)
     if args.input_skip:
         hp["input_skip"] = True
+    fp32_images = hp.pop("images_float32", None)  # a CPU preset sized in minutes; float32 steps are ~1.7x slower
+    if fp32_images and cli.pick_device(args.device).type == "cpu" and autocast_dtype(torch.device("cpu"), args.amp) is None:
+        hp["images"] = fp32_images
     res = args.res or hp["res"]
     check_res(res, hp, kind)
     out = args.out or os.path.join("runs", f"{kind}-{data_name}{res}")
@@ -838,16 +844,16 @@ def train_latent(args):
     with RunFolder(run.out):
         z_all = encode_all(checkpoint.build(ck).to(device), dataset(run, "train", run.n_train), device, args.workers or 0)
         # PDAE's latent sampler clamps its start and clips z0 each step, on the autoencoder's grid
-        latent, ema = fit_latent(run, z_all.to(device), args.log_every, clip=ck["kind"] == "pdae",
-                                 grid=checkpoint.diffusion(ck).grid)
+        latent, ema, took = fit_latent(run, z_all.to(device), args.log_every, autocast_dtype(device, args.amp),
+                                       clip=ck["kind"] == "pdae", grid=checkpoint.diffusion(ck).grid)
         path = os.path.join(run.out, "ckpt.pt")
         checkpoint.save(path, with_latent(ck, latent, ema, run, args.ckpt))
-    print(f"done: {path} holds the autoencoder and its latent DDIM.\n"
+    print(f"done: {took}. {path} holds the autoencoder and its latent DDIM.\n"
           f"next: python sample.py --ckpt {path} sample   (or manipulate, conditional, eval)")
     return 0
 
 
-def fit_latent(run, z_all, log_every, clip=False, grid="diffae"):
+def fit_latent(run, z_all, log_every, amp_dtype=None, clip=False, grid="diffae"):
     """The latent DDIM's loop: Diff-AE Eq. 9 (L1 on eps) over random codes, AdamW (Table 6), EMA."""
     hp, device = run.hp, z_all.device
     torch.manual_seed(run.seed)
@@ -855,16 +861,18 @@ def fit_latent(run, z_all, log_every, clip=False, grid="diffae"):
     latent = LatentDDIM(cfg, clip=clip, grid=grid).to(device)
     latent.set_stats(z_all)
     ema = EMA(latent, hp["ema"])
-    opt = torch.optim.AdamW(latent.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    opt = torch.optim.AdamW(latent.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], fused=True)
     print(f"latent DDIM: {sum(q.numel() for q in latent.parameters()) / 1e6:.2f}M parameters, batch {hp['batch_size']} x "
-          f"{run.steps} steps, {device}; run folder {run.out}", flush=True)
+          f"{run.steps} steps, {device}, {'float32' if amp_dtype is None else str(amp_dtype)[6:] + ' autocast'}; "
+          f"run folder {run.out}", flush=True)
     progress = Progress(run.out, run.steps, 0, hp["batch_size"], log_every, label="latent step")
     for step in range(1, run.steps + 1):
         g = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
         idx = torch.randint(0, len(z_all), (hp["batch_size"],), generator=g).to(device)
         t = torch.randint(0, latent.diffusion.T, (hp["batch_size"],), generator=g).to(device)
         noise = torch.randn((hp["batch_size"], z_all.shape[1]), generator=g).to(device)
-        loss = latent.loss(z_all[idx], t, noise)  # Diff-AE Eq. 9 (L1)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = latent.loss(z_all[idx], t, noise)  # Diff-AE Eq. 9 (L1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(latent.net.parameters(), 1.0)
@@ -872,7 +880,7 @@ def fit_latent(run, z_all, log_every, clip=False, grid="diffae"):
         ema.update()
         progress.update(step, loss.item())
     progress.close()
-    return latent, ema
+    return latent, ema, progress.summary(run.steps)
 
 
 def with_latent(ck, latent, ema, run, source):
