@@ -438,8 +438,9 @@ class EMA:
 class Progress:
     """One line at a steady pace (step, loss, images/s, ETA) and the same figures in OUT/log.jsonl."""
 
-    def __init__(self, out, steps, step0, batch, every, label="step", enabled=True):
+    def __init__(self, out, steps, step0, batch, every, label="step", enabled=True, unit="img"):
         self.steps, self.batch, self.every, self.label, self.enabled = steps, batch, every, label, enabled
+        self.unit = unit
         self.f = open(os.path.join(out, "log.jsonl"), "a") if enabled else None
         self.t_start = self.t_last = time.time()
         self.step0 = self.n_last = step0
@@ -456,7 +457,7 @@ class Progress:
         eta = (self.steps - step) * self.batch / max(ips, 1e-9)
         rec = dict(step=step, loss=sum(self.losses) / len(self.losses), images_per_s=round(ips, 2), eta_s=round(eta),
                    images_seen=step * self.batch, elapsed_s=round(now - self.t_start, 1))
-        print(f"{self.label} {step}/{self.steps}  loss {rec['loss']:.4f}  {ips:.1f} img/s  ETA {fmt_time(eta)}", flush=True)
+        print(f"{self.label} {step}/{self.steps}  loss {rec['loss']:.4f}  {ips:.1f} {self.unit}/s  ETA {fmt_time(eta)}", flush=True)
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
         self.t_last, self.n_last, self.losses = now, step, []
@@ -467,7 +468,7 @@ class Progress:
 
     def summary(self, step):
         took = time.time() - self.t_start
-        return f"{step} steps, {(step - self.step0) * self.batch / max(took, 1e-9):.1f} img/s on average over {fmt_time(took)}"
+        return f"{step} steps, {(step - self.step0) * self.batch / max(took, 1e-9):.1f} {self.unit}/s on average over {fmt_time(took)}"
 
     def close(self):
         if self.f:
@@ -865,7 +866,7 @@ def fit_latent(run, z_all, log_every, amp_dtype=None, clip=False, grid="diffae")
     print(f"latent DDIM: {sum(q.numel() for q in latent.parameters()) / 1e6:.2f}M parameters, batch {hp['batch_size']} x "
           f"{run.steps} steps, {device}, {'float32' if amp_dtype is None else str(amp_dtype)[6:] + ' autocast'}; "
           f"run folder {run.out}", flush=True)
-    progress = Progress(run.out, run.steps, 0, hp["batch_size"], log_every, label="latent step")
+    progress = Progress(run.out, run.steps, 0, hp["batch_size"], log_every, label="latent step", unit="codes")
     for step in range(1, run.steps + 1):
         g = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
         idx = torch.randint(0, len(z_all), (hp["batch_size"],), generator=g).to(device)
