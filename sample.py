@@ -163,7 +163,7 @@ def cmd_eval(kind, model, d, ck, args):
         cli.usage_error((f"--x-T takes inferred, random or both (comma-separated), got {args.x_T!r}"))
     if kind == "ddim":
         modes = ["inferred"]  # a random x_T carries nothing of the input without a z_sem
-    results = {"checkpoint": args.ckpt, "kind": kind, "n_images": len(x), "rows": []}
+    results = {"checkpoint": args.ckpt, "kind": kind, "grid": d.grid, "n_images": len(x), "rows": []}
     g = torch.Generator().manual_seed(args.seed)
     lpips_fn, why_not = metrics.lpips_model(args.device)
     if lpips_fn is None:
@@ -657,7 +657,9 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
 }
 SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu or cuda (default: cuda when available)"),
           "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),
-          "amp": (str, "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)")}
+          "amp": (str, "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)"),
+          "grid": (str, None, "sampler timesteps: diffae, or pdae (PDAE's linspace(0, 999, N+1), the image at "
+                              "timestep 0); default: the checkpoint's (pdae for imported PDAE models)")}
 
 
 def add_flag(parser, name, spec, suppress=False):
@@ -709,6 +711,12 @@ def main(argv=None):
         ck = checkpoint.load(args.ckpt)
     except checkpoint.CheckpointError as e:
         cli.usage_error(str(e))
+    if args.grid is not None:
+        if args.grid not in ("diffae", "pdae"):
+            cli.usage_error(f"--grid {args.grid!r}: use diffae or pdae")
+        for part in ("diffusion", "latent"):  # the image sampler's grid and the latent DDIM's
+            if part == "diffusion" or ck["config"].get(part):
+                ck["config"].setdefault(part, {})["grid"] = args.grid
     d = checkpoint.diffusion(ck)
     official = ck["config"].get("train", {}).get("source") == "official"
     args.invert_steps = args.invert_steps or (250 if official and args.command == "manipulate" else args.steps)

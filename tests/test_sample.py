@@ -266,3 +266,19 @@ def test_manipulate_inverts_with_invert_steps_and_renders_with_steps(ckpts, monk
     seen["encode"].clear()
     assert sample.main(["--ckpt", lat, *args, "--steps", "3"]) == 0
     assert seen["encode"] == [250]
+
+
+def test_grid_pdae_samples_our_checkpoints_on_pdaes_timesteps(ckpts):
+    """--grid pdae: PDAE's linspace grid, the image at timestep 0, for a checkpoint trained here."""
+    rows = {}
+    for grid in ("diffae", "pdae"):
+        out = ckpts / f"grid_{grid}"
+        assert sample.main(["--ckpt", str(ckpts / "pdae" / "ckpt.pt"), "--grid", grid, "eval", "--T", "3", "--x-T", "inferred",
+                            "--n", "2", "--out", str(out), "--no-judge", "--no-probe"]) == 0
+        res = json.load(open(out / "eval.json"))
+        assert res["grid"] == grid
+        rows[grid] = res["rows"][0]["mse"]
+    assert rows["diffae"] != rows["pdae"]
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "pdae" / "ckpt.pt"), "--grid", "cosine", "reconstruct"])
+    assert e.value.code == 2
