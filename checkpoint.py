@@ -12,7 +12,7 @@ load() also reads the official releases (official.py: Diff-AE's Lightning checkp
 official_pdae.py: PDAE's DPMs, autoencoders and latent DPMs). Every file is verified before use:
 load() checks the archive's CRCs and that every floating tensor is finite; verify() checks that
 the config describes a model and that every weight fits it, naming the first that does not. It
-runs in load() for imported files and in build() for ours.
+runs in load() for every file, so no command starts on a checkpoint it cannot build.
 """
 import glob
 import os
@@ -173,12 +173,13 @@ def load(path):
 
 def convert(raw, source=""):
     """A loaded dict -> our checkpoint dict. source: the file it came from (PDAE files need it to find
-    their config.yml). Imported checkpoints are verified here; ours when they are built (build())."""
+    their config.yml). Every checkpoint is verified here (and again when built)."""
     where = source or "checkpoint"
     try:
         if isinstance(raw, dict) and raw.get("kind") in KINDS and "config" in raw:
             if not isinstance(raw["config"], dict):
                 raise CheckpointError(f"{where}: its 'config' is not a dict")
+            verify(raw, where)
             return raw
         if isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
             ck = official.convert(raw, source=source)
