@@ -40,6 +40,16 @@ def ranged(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     return check
 
 
+def one_of(*names):
+    """An argparse type for a flag whose FLAGS-table spec cannot carry `choices`: one of `names`."""
+    def check(text):
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"{text!r}: use {' or '.join(names)}")
+        return text
+    check.__name__ = "choice"
+    return check
+
+
 def number_list(kind, lo=None, hi=None, lo_open=False):
     """An argparse type: a comma-separated list of numbers, each as `ranged` checks it."""
     one = ranged(kind, lo, hi, lo_open)

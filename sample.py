@@ -628,7 +628,7 @@ FLAGS = {
     "scale": (cli.number_list(float), "-0.4,-0.2,0,0.2,0.4", "comma-separated steps along the direction, in units of sqrt(z_dim) (official: 0.3); a list that starts negative needs the = form: --scale=-0.3,0,0.3"),
     "direction-l2": (cli.positive_float, None, "L2 strength of the probe whose normal is the direction (default "
                                                "classifier.DIRECTION_WEIGHT_DECAY; smaller: sharper, further off the codes)"),
-    "labels": (str, "binary", "Table 3's setups: binary or pu"),
+    "labels": (cli.one_of("binary", "pu"), "binary", "Table 3's setups: binary or pu"),
     "labels-csv": (str, None, "your labels: CSV with columns file,label1,... (binary or continuous)"),
     "latent-steps": (cli.positive_int, None, "latent DDIM steps (default: --steps)"),
     "invert-steps": (cli.positive_int, None, "DDIM steps of the inversion to x_T (default: --steps; for released "
@@ -658,7 +658,7 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
 SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu or cuda (default: cuda when available)"),
           "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),
           "amp": (str, "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)"),
-          "grid": (str, None, "sampler timesteps: diffae, or pdae (PDAE's linspace(0, 999, N+1), the image at "
+          "grid": (cli.one_of("diffae", "pdae"), None, "sampler timesteps: diffae, or pdae (PDAE's linspace(0, 999, N+1), the image at "
                               "timestep 0); default: the checkpoint's (pdae for imported PDAE models)")}
 
 
@@ -712,8 +712,6 @@ def main(argv=None):
     except checkpoint.CheckpointError as e:
         cli.usage_error(str(e))
     if args.grid is not None:
-        if args.grid not in ("diffae", "pdae"):
-            cli.usage_error(f"--grid {args.grid!r}: use diffae or pdae")
         for part in ("diffusion", "latent"):  # the image sampler's grid and the latent DDIM's
             if part == "diffusion" or ck["config"].get(part):
                 ck["config"].setdefault(part, {})["grid"] = args.grid

@@ -163,7 +163,7 @@ def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
     assert "not a torch checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", [["reconstruct", "--steps", "0"], ["reconstruct", "--steps", "2000"], ["reconstruct", "--n", "-1"],
+@pytest.mark.parametrize("bad", [["reconstruct", "--steps", "0"], ["conditional", "--labels", "weird"], ["--grid", "cosine", "reconstruct"], ["reconstruct", "--steps", "2000"], ["reconstruct", "--n", "-1"],
                                  ["eval", "--T", "abc"], ["eval", "--T", "5,0"], ["manipulate", "--scale", "nan,inf"],
                                  ["manipulate", "--scale", "abc"], ["interpolate", "--frames", "0"], ["reconstruct", "--batch-size", "0"],
                                  ["reconstruct", "--device", "cuda:3"], ["reconstruct", "--frames", "3"]])
