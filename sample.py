@@ -308,8 +308,11 @@ def direction_cache(ck, args):
     import hashlib
     import pdae
     if args.labels_csv:
-        with open(args.labels_csv, "rb") as f:
-            tag = f"{os.path.splitext(os.path.basename(args.labels_csv))[0]}-{hashlib.sha256(f.read()).hexdigest()[:10]}"
+        try:
+            with open(args.labels_csv, "rb") as f:
+                tag = f"{os.path.splitext(os.path.basename(args.labels_csv))[0]}-{hashlib.sha256(f.read()).hexdigest()[:10]}"
+        except OSError as e:
+            cli.usage_error(f"--labels-csv {args.labels_csv}: {e.strerror}; give a CSV with columns file,label1,...")
     else:
         tag = args.data or ck["config"].get("train", {}).get("data")
     weights = pdae.weights_sha256(ck.get("ema") or ck["model"])[:10]

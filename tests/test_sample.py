@@ -282,3 +282,10 @@ def test_grid_pdae_samples_our_checkpoints_on_pdaes_timesteps(ckpts):
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(ckpts / "pdae" / "ckpt.pt"), "--grid", "cosine", "reconstruct"])
     assert e.value.code == 2
+
+
+def test_manipulate_with_a_missing_labels_file_is_a_usage_error(ckpts, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "manipulate", "--labels-csv", str(ckpts / "nope.csv"),
+                     "--out", str(ckpts / "m")])
+    assert e.value.code == 2 and "--labels-csv" in capsys.readouterr().err
