@@ -59,8 +59,7 @@ def official_model(path, kind, p, res):
         from model.unet import BeatGANsUNetConfig
         from model.unet_autoenc import BeatGANsAutoencConfig
     except ImportError as e:
-        raise SystemExit(f"error: cannot import the official model from {path} ({e}); "
-                         f"pass a checkout of github.com/phizaz/diffae")
+        cli.usage_error(f"cannot import the official model from {path} ({e}); pass a checkout of github.com/phizaz/diffae")
     common = dict(image_size=res, in_channels=3, model_channels=p["ch"], out_channels=3, num_res_blocks=p["num_res_blocks"],
                   embed_channels=p["embed_dim"], attention_resolutions=tuple(p["attn_res"]), dropout=p["dropout"],
                   channel_mult=tuple(p["ch_mult"]), resblock_updown=True, num_heads=1)
@@ -221,12 +220,12 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     rows, ours = [], None
+    official = official_model(args.official, args.model, p, res) if args.official else None  # fail before timing
     if not args.skip_ours:
         ours = our_model(args, p, res)
         rows.append(report("ours", *ours, args, device, amp_dtype, res, B))
         bench_sampling(ours[0], rows[-1], args, device, amp_dtype, res, args.sample_batch or B)
-    if args.official:
-        official = official_model(args.official, args.model, p, res)
+    if official is not None:
         off_amp = amp_dtype if cuda else None  # the official code autocasts only on CUDA
         rows.append(report("official", *official, args, device, off_amp, res, B, tuned=cuda))
         if ours is not None:
