@@ -660,7 +660,7 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
 }
 SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu or cuda (default: cuda when available)"),
           "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),
-          "amp": (str, "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)"),
+          "amp": (cli.one_of("auto", "bf16", "fp16", "off"), "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)"),
           "grid": (cli.one_of("diffae", "pdae"), None, "sampler timesteps: diffae, or pdae (PDAE's linspace(0, 999, N+1), the image at "
                               "timestep 0); default: the checkpoint's (pdae for imported PDAE models)")}
 
@@ -698,8 +698,6 @@ def parse_args(argv):
     for name, (dest, _) in SWITCHES.items():
         if not hasattr(args, dest):
             setattr(args, dest, name.startswith("no-"))
-    if args.amp not in ("auto", "bf16", "fp16", "off"):
-        cli.usage_error(f"--amp {args.amp!r}: use auto, bf16, fp16 or off")
     return args
 
 
