@@ -13,6 +13,7 @@ a lock keeps a second process out, and Ctrl-C saves the last finished step (exit
 """
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -637,8 +638,11 @@ def train(args):
     ds = dataset(run, "train", run.n_train)
     model, config = build_model(run, resume, args.grad_checkpoint)
     config["train"] = run.recorded(len(ds))
-    with (RunFolder(run.out, resume_path) if master else contextlib.nullcontext()), CtrlC() as ctrl_c:
-        return loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, ctrl_c)
+    try:
+        with (RunFolder(run.out, resume_path) if master else contextlib.nullcontext()), CtrlC() as ctrl_c:
+            return loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, ctrl_c)
+    finally:
+        end_distributed(world)
 
 
 
@@ -721,7 +725,7 @@ def loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, c
         if stop:
             log(f"interrupted: saved step {step} to {ck_path}; continue with python train.py --resume {ck_path}")
             return 130
-    finish_distributed(model, rank, world)
+    check_replicas(model, rank, world)
     progress.close()
     log(f"done: {progress.summary(step)}. Checkpoint {ck_path}, previews and log.jsonl in {run.out}/.\n"
         f"next: python sample.py --ckpt {ck_path} reconstruct   (or eval, interpolate, vary, predict-x0)")
@@ -763,7 +767,7 @@ def last_good(ck_path):
     return f"The last healthy checkpoint is {ck_path} (step {checkpoint.load(ck_path)['step']})."
 
 
-def finish_distributed(model, rank, world):
+def check_replicas(model, rank, world):
     """DDP keeps replicas identical; check it rather than trust it."""
     if world == 1:
         return
@@ -773,7 +777,16 @@ def finish_distributed(model, rank, world):
     if rank == 1:
         print(f"rank 1 weights {'match' if torch.equal(flat, ref) else 'DIFFER FROM'} rank 0", flush=True)
     dist.barrier()
-    dist.destroy_process_group()
+
+
+def end_distributed(world):
+    """Destroy the process group on every way out, once loop() has returned: the DDP wrapper holds the
+    group too, and with it gone (gc for any cycle) Gloo's threads are joined here. Destroyed while DDP
+    lived, the group's threads could outlive it into interpreter exit, where a rank sometimes aborted
+    ("terminate called without an active exception")."""
+    if world > 1 and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def preview_batch(run):
