@@ -56,7 +56,7 @@ PRESETS = {
     # CPU presets: ~14 minutes on 2 cores (toy32), ~1 minute (tiny16, for smoke tests and classes).
     # toy32's budget is what fits in 15 minutes: 96k images with bf16 autocast, channels-last and the
     # fused Adam on a CPU with native bf16, 48k in float32 elsewhere. Warm-up, cosine decay, larger
-    # rates and importance-sampled t did not beat its constant 6e-4 at equal minutes (docs/RESULTS.md).
+    # rates, importance-sampled t and squared λ_t weights did not beat it at equal minutes (docs/RESULTS.md).
     # norm_groups 8: see nn.normalization. input_skip and t_weights "pdae": see unet.UNet's input
     # skip and t_weights below; together they make a 13-minute decoder rely on z_sem (docs/RESULTS.md).
     "toy32":  dict(res=32, batch_size=32, lr=6e-4, ema=0.995, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
