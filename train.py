@@ -56,12 +56,15 @@ PRESETS = {
     # CPU presets: ~14 minutes on 2 cores (toy32), ~1 minute (tiny16, for smoke tests and classes).
     # toy32's budget is what fits in 15 minutes: 96k images with bf16 autocast, channels-last and the
     # fused Adam on a CPU with native bf16, 48k in float32 elsewhere. Warm-up, cosine decay, larger
-    # rates, importance-sampled t and squared λ_t weights did not beat it at equal minutes (docs/RESULTS.md).
+    # rates, importance-sampled t, Adam beta2 0.99, a faster encoder lr, EMA warm-up and min-SNR weights
+    # did not beat it at equal minutes (docs/RESULTS.md).
     # norm_groups 8: see nn.normalization. input_skip and t_weights "pdae": see unet.UNet's input
     # skip and t_weights below; together they make a 13-minute decoder rely on z_sem (docs/RESULTS.md).
+    # t_gamma -0.3 (Diff-AE only): Eq. 10's lambda_t with gamma below 0 grows with t, so the late steps,
+    # where z_sem alone decides the image, carry most of the loss; the encoder learns from them (docs/RESULTS.md).
     "toy32":  dict(res=32, batch_size=32, lr=6e-4, ema=0.995, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                    attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, norm_groups=8, images=96_000,
-                   images_float32=48_000, input_skip=True, t_weights="pdae", grad_clip=1.0),
+                   images_float32=48_000, input_skip=True, t_weights="pdae", t_gamma=-0.3, grad_clip=1.0),
     "tiny16": dict(res=16, batch_size=16, lr=2e-4, ema=0.98, dropout=0.0, ch=16, ch_mult=(1, 2), num_res_blocks=1,
                    attn_res=(), enc_ch_mult=(1, 2, 2), embed_dim=64, z_dim=32, norm_groups=8, images=3_200, grad_clip=1.0),
 }
@@ -90,10 +93,11 @@ LATENT_PRESETS = {
     "toy32":  dict(hidden=512, num_layers=10, lr=1e-3, weight_decay=0.01, ema=0.999, batch_size=256, images=1_280_000),
     "tiny16": dict(hidden=128, num_layers=4, lr=1e-3, weight_decay=0.01, ema=0.99, batch_size=64, images=6_400),
 }
+PDAE_GAMMA = 0.1  # PDAE Eq. 10's gamma (§3.4)
 LATENT_PDAE_LR = 1e-3  # the official PDAE latent trainer's rate (Diff-AE's Table 6: 1e-4)
 
 # Options that shape what a run is; --resume continues the run as recorded and refuses them.
-RECORDED = ("model", "preset", "data", "data_dir", "res", "batch_size", "lr", "ema", "t_weights", "input_skip",
+RECORDED = ("model", "preset", "data", "data_dir", "res", "batch_size", "lr", "ema", "t_weights", "t_gamma", "input_skip",
             "n_train", "seed", "pretrained", "pdae_cond")
 
 
@@ -142,11 +146,15 @@ def fresh_run(args):
     hp = dict(PRESETS[preset])
     if kind == "pdae" and preset not in CPU_PRESETS:
         hp.update(PDAE_HP, images=PDAE_IMAGES.get(preset, hp["images"] // 2))
-    for k in ("batch_size", "lr", "ema", "t_weights"):
+    for k in ("batch_size", "lr", "ema", "t_weights", "t_gamma"):
         if getattr(args, k) is not None:
             hp[k] = getattr(args, k)
     if args.input_skip:
         hp["input_skip"] = True
+    if args.t_gamma is not None and (kind == "pdae" or hp.get("t_weights") != "pdae"):
+        cli.usage_error("--t-gamma is the gamma of --t-weights pdae (ddim and diffae); PDAE's own lambda_t keeps 0.1")
+    if kind != "diffae" and args.t_gamma is None:
+        hp.pop("t_gamma", None)  # the preset's gamma is for z_sem; the DDIM baseline keeps PDAE's
     fp32_images = hp.pop("images_float32", None)  # a CPU preset sized in minutes; float32 steps are ~1.7x slower
     if fp32_images and cli.pick_device(args.device).type == "cpu" and autocast_dtype(torch.device("cpu"), args.amp) is None:
         hp["images"] = fp32_images
@@ -172,6 +180,7 @@ def resumed_run(args, ck, path):
                     res=tc["res"], n_train=tc["n_train"], seed=tc["seed"],
                     pretrained=ck["config"].get("pdae", {}).get("pretrained_path"),
                     pdae_cond=ck["config"].get("pdae", {}).get("condition", "image"),
+                    t_gamma=tc["hparams"].get("t_gamma", PDAE_GAMMA),
                     **{k: tc["hparams"].get(k) for k in ("batch_size", "lr", "ema", "t_weights", "input_skip")})
     for k in RECORDED:
         given = getattr(args, k)
@@ -297,17 +306,18 @@ class Objective(nn.Module):
         return self.model.loss(x0, t, noise, weights=self.weights)  # Diff-AE Eq. 6
 
 
-def t_weights(name, diffusion):
+def t_weights(name, diffusion, gamma=None):
     """Per-t loss weights for the DDIM and Diff-AE losses: None (uniform, Eq. 6) or PDAE's lambda_t.
 
     "pdae" borrows Eq. 10 of PDAE, scaled to mean 1: it moves weight from the small-t steps, where
     eps is mostly unpredictable pixel noise, to the middle and late ones, where z_sem decides the
     image. A departure from Diff-AE's Eq. 6, on in the toy32 preset only (docs/RESULTS.md, ablation).
+    gamma: Eq. 10's (PDAE's 0.1 by default); below 0 the weight grows with t up to t = T - 1.
     """
     if name in (None, "uniform"):
         return None
     if name == "pdae":
-        w = pdae.loss_weights(diffusion)
+        w = pdae.loss_weights(diffusion, PDAE_GAMMA if gamma is None else gamma)
         return w / w.mean()
     raise ValueError(f"unknown t weighting {name!r}: use 'uniform' or 'pdae'")
 
@@ -550,6 +560,8 @@ def parse_args(argv=None):
     ap.add_argument("--ema", type=cli.ranged(float, 0, 1, hi_open=True), default=None, help="EMA decay of the weights, in [0, 1)")
     ap.add_argument("--t-weights", default=None, choices=["uniform", "pdae"],
                     help="ddim/diffae: per-t loss weights; uniform is Eq. 6, pdae borrows PDAE's Eq. 10")
+    ap.add_argument("--t-gamma", type=cli.ranged(float, -1, 1), default=None,
+                    help="gamma of --t-weights pdae, in [-1, 1] (PDAE's 0.1; toy32: -0.3, more weight on large t)")
     ap.add_argument("--input-skip", action="store_true", help="ddim/diffae: eps = sqrt(1 - alphabar_t) x_t + net(...)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/MODEL-DATARES; with --resume PATH: PATH's folder)")
     ap.add_argument("--seed", type=cli.seed_int, default=None, help="default 0")
@@ -662,7 +674,7 @@ def prepare(run, args, model, config, resume, device, world):
     ema = EMA(model, hp["ema"], resume["ema"] if resume else None)
     health = LossHealth(resume.get("health", {}).get("ref") if resume else None)
     diffusion = checkpoint.diffusion({"config": config})
-    objective = Objective(run.kind, model, diffusion, t_weights(hp.get("t_weights"), diffusion))
+    objective = Objective(run.kind, model, diffusion, t_weights(hp.get("t_weights"), diffusion, hp.get("t_gamma")))
     if args.compile:
         objective = torch.compile(objective)
     if world > 1:
@@ -810,7 +822,7 @@ def write_preview(ck, x, path):
 
 def latent_run(args, ck):
     """The latent DDIM's run, from the autoencoder's record and the command line."""
-    for k in ("resume", "pretrained", "pdae_cond", "t_weights", "input_skip", "res", "grad_accum"):
+    for k in ("resume", "pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "grad_accum"):
         if getattr(args, k) not in (None, False, 1):
             cli.usage_error(f"--{k.replace('_', '-')} does not apply to --model latent (it trains on the codes of --ckpt)")
     tc = ck["config"].get("train", {})

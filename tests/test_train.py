@@ -118,6 +118,38 @@ def test_pdae_t_weights_scale_each_samples_eq6_loss_by_lambda_t(seed):
         train.t_weights("snr", d)
 
 
+@pytest.mark.parametrize("gamma", [-0.3, 0.0, 0.1, 0.5])
+def test_t_gamma_is_eq10s_gamma_and_below_zero_the_weight_grows_with_t(gamma):
+    """t_weights("pdae", d, gamma) is PDAE Eq. 10 with that gamma, mean 1; gamma < 0 has no peak
+    (the weight rises to t = T - 1); gamma in (0, 1) peaks where SNR = gamma / (1 - gamma)."""
+    import pdae
+    from diffusion import Diffusion
+    d = Diffusion(T=1000)
+    w = train.t_weights("pdae", d, gamma)
+    s = pdae.snr(d)
+    lam = s ** gamma * (1 / (1 + s)) ** (1 - gamma) * (1 / (1 + s)) ** gamma  # Eq. 10 as printed, regrouped
+    assert torch.allclose(w, lam / lam.mean(), rtol=1e-10) and abs(float(w.mean()) - 1) < 1e-12
+    assert torch.equal(train.t_weights("pdae", d), train.t_weights("pdae", d, train.PDAE_GAMMA))
+    rising = bool((w[1:] > w[:-1]).all())
+    assert rising == (gamma <= 0)
+    if 0 < gamma < 1:
+        peak = int(w.argmax())
+        assert abs(float(s[peak]) - gamma / (1 - gamma)) < abs(float(s[peak + 1] - s[peak - 1]))
+
+
+def test_t_gamma_belongs_to_diffae_and_ddim_and_is_refused_where_it_does_nothing(tmp_path, capsys):
+    def resolved(*extra):
+        args = train.parse_args(["--preset", "toy32", "--data-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), *extra])
+        return train.resolve(args)[0]
+    assert resolved().hp["t_gamma"] == -0.3                          # toy32's Diff-AE
+    assert "t_gamma" not in resolved("--model", "ddim").hp           # its DDIM baseline keeps PDAE's 0.1
+    assert resolved("--model", "ddim", "--t-gamma", "0.5").hp["t_gamma"] == 0.5
+    for extra in (["--t-weights", "uniform", "--t-gamma", "0.2"], ["--t-gamma", "2"]):
+        with pytest.raises(SystemExit) as e:
+            resolved(*extra)
+        assert e.value.code == 2 and "gamma" in capsys.readouterr().err
+
+
 def test_input_skip_and_t_weights_are_kept_by_the_checkpoint_and_resume(tmp_path):
     assert run(tmp_path, tmp_path / "s", "--steps", "1", "--input-skip", "--t-weights", "pdae") == 0
     ck = checkpoint.load(tmp_path / "s" / "ckpt.pt")
