@@ -28,12 +28,14 @@ from unet import UNet, UNetConfig, check_input_skip, decoder_half, run_block
 
 # --- schedule coefficients (float64, length T) ----------------------------------------------
 
+GAMMA = 0.1  # Eq. 10's gamma, the paper's choice (§3.4)
+
 def snr(d):
     """SNR(t) = alphabar_t / (1 - alphabar_t)."""
     return d.alphas_cumprod / (1 - d.alphas_cumprod)
 
 
-def loss_weights(d, gamma=0.1):
+def loss_weights(d, gamma=GAMMA):
     """lambda_t of PDAE Eq. 10, (1/(1+SNR))^(1-gamma) * (SNR/(1+SNR))^gamma, which simplifies to this.
 
     The first factor down-weights the early (high-SNR) steps, the second the late (low-SNR) ones;
@@ -186,7 +188,7 @@ class PDAE(nn.Module):
     class-conditional variant of §4.6, a LabelEmbedding (y -> z).
     """
 
-    def __init__(self, unet_cfg: UNetConfig, encoder: nn.Module, diffusion: Diffusion = None, gamma=0.1):
+    def __init__(self, unet_cfg: UNetConfig, encoder: nn.Module, diffusion: Diffusion = None, gamma=GAMMA):
         super().__init__()
         if unet_cfg.cond_dim is not None:
             raise ValueError("PDAE needs an unconditional pre-trained UNet (cond_dim=None)")
@@ -217,7 +219,7 @@ class PDAE(nn.Module):
         else:
             encoder = PDAEEncoder(PDAEEncoderConfig(**_tuples(cfg["encoder"])))
         unet_cfg = UNetConfig(**_tuples(cfg["unet"]))
-        model = cls(unet_cfg, encoder, Diffusion(**cfg.get("diffusion", {})), pc.get("gamma", 0.1))
+        model = cls(unet_cfg, encoder, Diffusion(**cfg.get("diffusion", {})), pc.get("gamma", GAMMA))
         model.config = {**model.config, **cfg}
         return model
 

@@ -93,7 +93,6 @@ LATENT_PRESETS = {
     "toy32":  dict(hidden=512, num_layers=10, lr=1e-3, weight_decay=0.01, ema=0.999, batch_size=256, images=1_280_000),
     "tiny16": dict(hidden=128, num_layers=4, lr=1e-3, weight_decay=0.01, ema=0.99, batch_size=64, images=6_400),
 }
-PDAE_GAMMA = 0.1  # PDAE Eq. 10's gamma (§3.4)
 LATENT_PDAE_LR = 1e-3  # the official PDAE latent trainer's rate (Diff-AE's Table 6: 1e-4)
 
 # Options that shape what a run is; --resume continues the run as recorded and refuses them.
@@ -180,7 +179,7 @@ def resumed_run(args, ck, path):
                     res=tc["res"], n_train=tc["n_train"], seed=tc["seed"],
                     pretrained=ck["config"].get("pdae", {}).get("pretrained_path"),
                     pdae_cond=ck["config"].get("pdae", {}).get("condition", "image"),
-                    t_gamma=tc["hparams"].get("t_gamma", PDAE_GAMMA),
+                    t_gamma=tc["hparams"].get("t_gamma", pdae.GAMMA),
                     **{k: tc["hparams"].get(k) for k in ("batch_size", "lr", "ema", "t_weights", "input_skip")})
     for k in RECORDED:
         given = getattr(args, k)
@@ -317,7 +316,7 @@ def t_weights(name, diffusion, gamma=None):
     if name in (None, "uniform"):
         return None
     if name == "pdae":
-        w = pdae.loss_weights(diffusion, PDAE_GAMMA if gamma is None else gamma)
+        w = pdae.loss_weights(diffusion, pdae.GAMMA if gamma is None else gamma)
         return w / w.mean()
     raise ValueError(f"unknown t weighting {name!r}: use 'uniform' or 'pdae'")
 

@@ -129,7 +129,7 @@ def test_t_gamma_is_eq10s_gamma_and_below_zero_the_weight_grows_with_t(gamma):
     s = pdae.snr(d)
     lam = s ** gamma * (1 / (1 + s)) ** (1 - gamma) * (1 / (1 + s)) ** gamma  # Eq. 10 as printed, regrouped
     assert torch.allclose(w, lam / lam.mean(), rtol=1e-10) and abs(float(w.mean()) - 1) < 1e-12
-    assert torch.equal(train.t_weights("pdae", d), train.t_weights("pdae", d, train.PDAE_GAMMA))
+    assert torch.equal(train.t_weights("pdae", d), train.t_weights("pdae", d, pdae.GAMMA))
     rising = bool((w[1:] > w[:-1]).all())
     assert rising == (gamma <= 0)
     if 0 < gamma < 1:
