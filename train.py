@@ -151,7 +151,7 @@ def fresh_run(args):
     if args.input_skip:
         hp["input_skip"] = True
     if args.t_gamma is not None and (kind == "pdae" or hp.get("t_weights") != "pdae"):
-        cli.usage_error("--t-gamma is the gamma of --t-weights pdae (ddim and diffae); PDAE's own lambda_t keeps 0.1")
+        cli.usage_error(f"--t-gamma is the gamma of --t-weights pdae (ddim and diffae); PDAE's own lambda_t keeps {pdae.GAMMA}")
     if kind != "diffae" and args.t_gamma is None:
         hp.pop("t_gamma", None)  # the preset's gamma is for z_sem; the DDIM baseline keeps PDAE's
     fp32_images = hp.pop("images_float32", None)  # a CPU preset sized in minutes; float32 steps are ~1.7x slower
