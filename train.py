@@ -571,6 +571,8 @@ def parse_args(argv=None):
     ap.add_argument("--pdae-cond", default=None, choices=["image", "label"],
                     help="--model pdae: learn z from images (default) or condition G on labels (§4.6)")
     ap.add_argument("--n-train", type=cli.positive_int, default=None, help="training set size (default: all; toyfaces 10000)")
+    ap.add_argument("--minutes", type=cli.positive_float, default=None,
+                    help="stop and save after this many minutes of steps (a class period); --resume continues to --steps")
     ap.add_argument("--save-every", type=cli.positive_int, default=None, help="steps between checkpoints (default: ~10 per run)")
     ap.add_argument("--keep-every", type=cli.positive_int, default=None,
                     help="steps between kept snapshots OUT/ckpt_STEP.pt (learning curves; each can be --resume'd or sampled)")
@@ -696,6 +698,7 @@ def loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, c
     preview = preview_batch(run) if master else None
     progress = Progress(run.out, run.steps, step, hp["batch_size"], args.log_every, enabled=master)
     log(start_line(run, params, device, world, amp_dtype))
+    deadline = time.time() + 60 * args.minutes if args.minutes else math.inf
 
     # --- the steps ---
     model.train()
@@ -706,7 +709,8 @@ def loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, c
         if channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         loss = train_step(objective, x0, y, t, noise, args.grad_accum, amp_dtype, device, scaler, world)
-        loss, stop = agree(loss, ctrl_c.requested, world)  # every rank stops together
+        # every rank stops together, on Ctrl-C or when --minutes have passed
+        loss, (stop, out_of_time) = agree(loss, (ctrl_c.requested, time.time() >= deadline), world)
         if not math.isfinite(loss):
             log(f"error: non-finite loss ({loss}) at step {step + 1}; stopping. {last_good(ck_path)} "
                 f"Lower --lr{' or use --amp off' if amp_dtype is not None else ''}.")
@@ -721,7 +725,7 @@ def loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, c
         step += 1
         health.add(loss)
         progress.update(step, loss)
-        if stop or step % save_every == 0 or step == run.steps or (args.keep_every and step % args.keep_every == 0):
+        if stop or out_of_time or step % save_every == 0 or step == run.steps or (args.keep_every and step % args.keep_every == 0):
             if not health.healthy():
                 log(f"error: the loss diverged at step {step} ({health.describe()}); stopping without saving. "
                     f"{last_good(ck_path)} Lower --lr and resume from it, or start anew.")
@@ -736,6 +740,10 @@ def loop(run, args, model, config, ds, resume, rank, world, device, amp_dtype, c
         if stop:
             log(f"interrupted: saved step {step} to {ck_path}; continue with python train.py --resume {ck_path}")
             return 130
+        if out_of_time and step < run.steps:
+            log(f"--minutes {args.minutes:g}: time is up at step {step} of {run.steps}; saved {ck_path}. "
+                f"Continue with python train.py --resume {ck_path}")
+            break
     check_replicas(model, rank, world)
     progress.close()
     log(f"done: {progress.summary(step)}. Checkpoint {ck_path}, previews and log.jsonl in {run.out}/.\n"
@@ -763,13 +771,13 @@ def start_line(run, params, device, world, amp_dtype):
     return line
 
 
-def agree(loss, stop, world):
-    """(mean loss over ranks, whether any rank was interrupted), the same on every rank."""
+def agree(loss, flags, world):
+    """(mean loss over ranks, for each flag whether any rank raised it), the same on every rank."""
     if world == 1:
-        return float(loss), stop
-    both = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
+        return float(loss), tuple(flags)
+    both = torch.tensor([float(loss)] + [float(f) for f in flags], device=loss.device)
     dist.all_reduce(both)  # SUM: Gloo has no AVG
-    return float(both[0]) / world, bool(both[1] > 0)
+    return float(both[0]) / world, tuple(bool(f > 0) for f in both[1:])
 
 
 def last_good(ck_path):
@@ -821,8 +829,9 @@ def write_preview(ck, x, path):
 
 def latent_run(args, ck):
     """The latent DDIM's run, from the autoencoder's record and the command line."""
-    for k in ("resume", "pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "grad_accum"):
-        if getattr(args, k) not in (None, False, 1):
+    for k in ("resume", "pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "grad_accum", "minutes"):
+        given = getattr(args, k)
+        if given is not None and given is not False and not (k == "grad_accum" and given == 1):
             cli.usage_error(f"--{k.replace('_', '-')} does not apply to --model latent (it trains on the codes of --ckpt)")
     tc = ck["config"].get("train", {})
     res = tc.get("res") or ck["config"]["unet"]["res"]

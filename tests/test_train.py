@@ -191,6 +191,29 @@ def test_keep_every_snapshots_are_the_run_at_that_step(tmp_path):
     assert all(torch.equal(final["ema"][k], resumed["ema"][k]) for k in final["ema"])
 
 
+def test_minutes_stops_saves_and_resumes_to_the_full_run(tmp_path, capsys):
+    """--minutes: past the deadline the run saves and ends (exit 0) at that step, the checkpoint is the
+    --steps 4 run's at that step, and --resume carries it on to the same weights as one unbroken run."""
+    assert run(tmp_path, tmp_path / "full", "--steps", "4") == 0
+    assert run(tmp_path, tmp_path / "m", "--steps", "4", "--minutes", "1e-9") == 0
+    assert "time is up at step 1 of 4" in capsys.readouterr().out
+    cut = checkpoint.load(tmp_path / "m" / "ckpt.pt")
+    assert cut["step"] == 1
+    assert train.main(["--resume", str(tmp_path / "m" / "ckpt.pt"), "--log-every", "1000"]) == 0
+    full, resumed = checkpoint.load(tmp_path / "full" / "ckpt.pt"), checkpoint.load(tmp_path / "m" / "ckpt.pt")
+    assert resumed["step"] == 4
+    assert all(torch.equal(full["ema"][k], resumed["ema"][k]) for k in full["ema"])
+
+
+@pytest.mark.parametrize("flag", [["--minutes", "1"], ["--t-gamma", "0"], ["--grad-accum", "2"]])
+def test_latent_refuses_the_autoencoders_flags(tmp_path, flag, capsys):
+    """Flags of the image run are refused by --model latent, whatever their value (0 and 1 included)."""
+    assert run(tmp_path, tmp_path / "ae", "--steps", "1") == 0
+    with pytest.raises(SystemExit) as e:
+        train.main(["--model", "latent", "--ckpt", str(tmp_path / "ae" / "ckpt.pt"), "--out", str(tmp_path / "lat"), *flag])
+    assert e.value.code == 2 and "does not apply to --model latent" in capsys.readouterr().err
+
+
 def test_keep_every_must_be_positive(tmp_path):
     with pytest.raises(SystemExit) as e:
         run(tmp_path, tmp_path / "z", "--steps", "1", "--keep-every", "0")
