@@ -775,7 +775,7 @@ def agree(loss, flags, world):
     """(mean loss over ranks, for each flag whether any rank raised it), the same on every rank."""
     if world == 1:
         return float(loss), tuple(flags)
-    both = torch.tensor([float(loss)] + [float(f) for f in flags], device=loss.device)
+    both = torch.cat([loss.detach().float().reshape(1), torch.tensor([float(f) for f in flags], device=loss.device)])
     dist.all_reduce(both)  # SUM: Gloo has no AVG
     return float(both[0]) / world, tuple(bool(f > 0) for f in both[1:])
 
