@@ -13,16 +13,22 @@ Every dataset has .attr_names (list[str], possibly empty); file-based ones also 
 
 Real data is split deterministically by sorted order: split="test" holds every 100th item
 (index 0, 100, 200, ...), split="train" the other 99%, split="all" everything.
+
+Every file a user brings is read through one checked helper per kind (_text and _table for label
+tables, read_label_csv, _open_image and load_rgb, _lmdb_layout): a malformed one is one DatasetError
+naming the file, the line or key, and what was expected.
 """
 
 import colorsys
 import csv
 import math
 import os
+import re
 import sys
 import time
+import warnings
 from functools import lru_cache
-from io import BytesIO
+from io import BytesIO, StringIO
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,13 @@ HOLDOUT_EVERY = 100  # split="test" = every 100th item of a real dataset, by sor
 
 
 class DatasetError(ValueError):
-    """A dataset could not be found or read; the message says what to do. The trainer exits with 2."""
+    """A dataset could not be found or read; the message says what to do, in one line. The trainer exits with 2."""
+
+    def __init__(self, message=""):
+        # a DataLoader worker's error reaches the trainer rebuilt from its whole traceback: keep the message
+        if message.startswith("Caught DatasetError in DataLoader worker"):
+            message = message.rstrip().rsplit("DatasetError: ", 1)[-1]
+        super().__init__(message)
 
 
 def _warn(msg):
@@ -294,14 +306,51 @@ class ToyFaces:
 # real images: loading, cropping, labels
 
 CELEBA_CROP = (25, 57, 153, 185)  # official Diff-AE celeba64 (D2C) crop: 128x128 centred at (89, 121)
+HOLDOUT_NOTE = f"(every {HOLDOUT_EVERY}th image is held out for testing, starting with the first); add images"
 
 
-def load_rgb(path_or_file, min_size=None):
+def _reason(e):
+    """A short why for an exception raised while reading a file."""
+    if isinstance(e, Image.UnidentifiedImageError):  # its own text repeats the path
+        return "not an image file Pillow can read"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _open_image(source, name, fix="delete or replace it"):
+    """Pillow's image for a path or file object, header parsed, no pixels decoded. DatasetError naming `name`
+    (and ending in `fix`) if Pillow cannot parse it, or if it has more pixels than Image.MAX_IMAGE_PIXELS
+    (Pillow's guard against decompression bombs, left as it is: no training image comes near it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to twice its limit
+            return Image.open(source)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        pixels = re.search(r"\d+", str(e))  # Pillow's text: "Image size (N pixels) exceeds limit of ..."
+        raise DatasetError(f"cannot read {name}: {pixels.group() if pixels else 'too many'} pixels, over Pillow's "
+                           f"limit of {Image.MAX_IMAGE_PIXELS} against decompression bombs "
+                           f"(PIL.Image.MAX_IMAGE_PIXELS); {fix}") from None
+    except Exception as e:  # any error while parsing the header means the file is no readable image
+        raise DatasetError(f"cannot read {name}: {_reason(e)}; {fix}") from e
+
+
+def load_rgb(path_or_file, min_size=None, name=None):
     """Open any image as 8-bit RGB. Transparency is composited on white (a plain convert
     would show whatever colour hides under alpha 0, often black); 16-bit grey is scaled
     to 8 bits (Pillow's convert would clip it). With min_size, a large JPEG is decoded at a
-    reduced scale whose short side is still >= min_size (several times faster, e.g. 1024 -> 128)."""
-    img = Image.open(path_or_file)
+    reduced scale whose short side is still >= min_size (several times faster, e.g. 1024 -> 128).
+    Any failure, in the header or in the pixels, is one DatasetError naming `name` (default: the path)."""
+    name = path_or_file if name is None else name
+    with _open_image(path_or_file, name) as img:
+        try:
+            return _to_rgb(img, min_size)
+        except Exception as e:  # truncated or corrupt pixel data: only decoding finds it
+            raise DatasetError(f"cannot read {name}: {_reason(e)}; delete or replace it") from e
+
+
+def _to_rgb(img, min_size):
+    """The decoding and conversions load_rgb describes."""
     if min_size and img.format == "JPEG":
         img.draft(img.mode, (min_size, min_size))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -325,43 +374,118 @@ def square_resize(img, res, box=None):
     return _uint8_to_tensor(np.asarray(img))
 
 
+def _text(path, kind, expected):
+    """The text of a UTF-8 file (a leading BOM dropped: spreadsheet exports start with one); DatasetError
+    naming the file, and the line of the first byte that is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DatasetError(f"cannot read the {kind} file {path} ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}, line {line}: the byte 0x{raw[e.start]:02x} is not UTF-8, so this is not a "
+                           f"text {kind} file; expected {expected}") from None
+
+
+def _table(path, lines, start, names, cell, expected):
+    """{file stem: [cell(v) per name]} from the rows `FILE v1 ... vN` of a whitespace table (lines[start:],
+    blank lines skipped). A row of another width, a value cell() refuses (ValueError) or a file listed
+    twice is one DatasetError naming path, the line and what is expected."""
+    table, seen = {}, {}
+    for lineno, line in enumerate(lines[start:], start=start + 1):
+        row = line.split()
+        if not row:
+            continue
+        where = f"{path}, line {lineno}"
+        if len(row) != len(names) + 1:
+            raise DatasetError(f"{where}: expected {expected}, got {len(row) - 1} value(s) after {row[0]!r}")
+        values = []
+        for name, v in zip(names, row[1:]):
+            try:
+                values.append(cell(v))
+            except ValueError:
+                raise DatasetError(f"{where}: expected {expected}, got {v!r} for {name}") from None
+        stem = Path(row[0]).stem
+        if stem in seen:
+            raise DatasetError(f"{where}: {row[0]} is listed again (first on line {seen[stem]}); "
+                               f"expected one row per image")
+        seen[stem], table[stem] = lineno, values
+    return table
+
+
+def _binary(v):
+    """An attribute value: -1 or 0 -> 0.0, 1 -> 1.0 (CelebA writes -1/1)."""
+    x = float(v)
+    if x not in (-1, 0, 1):
+        raise ValueError(v)
+    return float(x > 0)
+
+
+def _partition(v):
+    if v not in ("0", "1", "2"):
+        raise ValueError(v)
+    return v
+
+
 def _read_attr_file(path):
     """CelebA-style attribute file: a count line, a line of names, then `file v1 v2 ...` with
-    values -1/1 or 0/1. Returns (names, {file stem: [0/1 floats]})."""
-    with open(path) as f:
-        lines = f.read().splitlines()
-    names = lines[1].split()
-    table = {}
-    for line in lines[2:]:
-        parts = line.split()
-        if parts:
-            table[Path(parts[0]).stem] = [float(float(v) > 0) for v in parts[1:1 + len(names)]]
+    values -1/1 or 0/1. Returns (names, {file stem: [0/1 floats]}); DatasetError naming the line otherwise."""
+    layout = "a count line, a line of attribute names, then `FILE v1 ... vN` per image with values -1 or 1"
+    lines = _text(path, "attribute", layout).splitlines()
+    if len(lines) < 2:
+        raise DatasetError(f"{path}: {'empty' if not lines else 'one line only'}; expected {layout}")
+    count, names = lines[0].strip(), lines[1].split()
+    if not count.isdigit():
+        raise DatasetError(f"{path}, line 1: expected the number of images, got {count!r}")
+    if not names:
+        raise DatasetError(f"{path}, line 2: expected the attribute names, got an empty line")
+    row = f"a file name and {len(names)} values -1 or 1 (one per name on line 2)"
+    table = _table(path, lines, 2, names, _binary, row)
+    if int(count) != len(table):
+        raise DatasetError(f"{path}, line 1: says {count} images but {len(table)} rows follow; "
+                           f"restore the missing rows or correct the count")
     return names, table
+
+
+def _read_partition(path):
+    """CelebA's list_eval_partition.txt: `file 0|1|2` per image -> {file stem: '0'|'1'|'2'}."""
+    expected = "a file name and its partition: 0 (train), 1 (validation) or 2 (test)"
+    rows = _table(path, _text(path, "partition", expected).splitlines(), 0, ["partition"], _partition, expected)
+    return {stem: values[0] for stem, values in rows.items()}
 
 
 def read_label_csv(path):
     """A user's labels: CSV with header `file,label1,label2,...` (binary or continuous values).
-    Returns (names, {file stem: [floats]}); rows are matched to images by file stem."""
+    Returns (names, {file stem: [floats]}); rows are matched to images by file stem. A row that does
+    not fit is one DatasetError naming the file and its line."""
+    layout = "a header `file,label1,...`, then one row `FILE,v1,...` of numbers per image"
+    reader = csv.reader(StringIO(_text(path, "CSV", layout), newline=""))
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except OSError as e:
-        raise DatasetError(f"cannot read the labels file {path} ({e.strerror})") from None
-    except (UnicodeDecodeError, csv.Error):
-        raise DatasetError(f"{path} is not a text CSV file (expected a header `file,label1,...`)") from None
-    if len(rows) < 2 or len(rows[0]) < 2:
-        raise DatasetError(f"{path}: expected a header `file,label1,...` and at least one row")
-    names, table = [c.strip() for c in rows[0][1:]], {}
-    for lineno, row in enumerate(rows[1:], start=2):
+        rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    except csv.Error as e:
+        raise DatasetError(f"{path}, line {reader.line_num}: {e}, so this is not a text CSV file; "
+                           f"expected {layout}") from None
+    if len(rows) < 2 or len(rows[0][1]) < 2:
+        raise DatasetError(f"{path}: expected {layout}, got {len(rows)} row(s)")
+    names, table, seen = [c.strip() for c in rows[0][1][1:]], {}, {}
+    for lineno, row in rows[1:]:
+        where = f"{path}, line {lineno}"
+        if len(row) != len(names) + 1:
+            raise DatasetError(f"{where}: {len(row)} cells, the header has {len(names) + 1} (file,{','.join(names)})")
         try:
             values = [float(c) for c in row[1:]]
         except ValueError:
-            raise DatasetError(f"{path}, line {lineno}: labels must be numbers, got {row[1:]}") from None
+            raise DatasetError(f"{where}: labels must be numbers, got {row[1:]}") from None
         if not all(math.isfinite(v) for v in values):
-            raise DatasetError(f"{path}, line {lineno}: labels must be finite numbers, got {row[1:]}")
-        if len(values) != len(names):
-            raise DatasetError(f"{path}, line {lineno}: {len(values)} labels, header names {len(names)}")
-        table[Path(row[0].strip()).stem] = values
+            raise DatasetError(f"{where}: labels must be finite numbers, got {row[1:]}")
+        stem = Path(row[0].strip()).stem
+        if stem in seen:
+            raise DatasetError(f"{where}: {row[0].strip()} is listed again (first on line {seen[stem]}; rows are "
+                               f"matched by file name without extension); expected one row per image")
+        seen[stem], table[stem] = lineno, values
     return names, table
 
 
@@ -403,37 +527,43 @@ def _scan_images(root):
 
 
 def _readable(root, files, res):
-    """Keep the files whose header Pillow can parse (cheap: no pixel decoding); warn once about
-    the unreadable ones and once about those smaller than res (they are upscaled, hence blurred)."""
+    """(the files whose header Pillow parses, why each other one failed); cheap: no pixel decoding. Warns
+    once about the unreadable ones and once about those smaller than res (they are upscaled, hence blurred)."""
     good, bad, small = [], [], []
     for f in files:
         try:
-            with Image.open(os.path.join(root, f)) as img:
-                ok, short = min(img.size) > 0, min(img.size)
-        except Exception:  # any error while parsing the header means unreadable
-            ok, short = False, 0
-        (good if ok else bad).append(f)
-        if ok and short < res:
+            with _open_image(os.path.join(root, f), f) as img:
+                short = min(img.size)
+        except DatasetError as e:
+            bad.append(str(e))
+            continue
+        if short == 0:
+            bad.append(f"cannot read {f}: it has no pixels; delete or replace it")
+            continue
+        good.append(f)
+        if short < res:
             small.append(f"{f} ({short} px)")
     if bad:
-        _warn(f"skipped {len(bad)} unreadable image(s) under {root} (first: {bad[0]})")
+        _warn(f"skipped {len(bad)} unreadable image(s) under {root}; the first: {bad[0]}")
     if small:
         _warn(f"{len(small)} image(s) under {root} are smaller than {res} px on their short side and are "
               f"upscaled (first: {small[0]}); pass a smaller --res or larger images")
-    return good
+    return good, bad
 
 
 class ImageFolder:
     """All images under root (.png .jpg .jpeg .webp, recursive, sorted), centre-cropped and resized
     to res. If CelebAMask-HQ-attribute-anno.txt lies in root or beside it, its 40 attributes
     become the labels (images without a row are dropped). The header of every file is checked once
-    here; a file that is broken further in fails when loaded, naming itself."""
+    here (unreadable ones are skipped with a warning); a file that is broken further in raises
+    DatasetError naming itself when loaded."""
 
     def __init__(self, root, res, split="train"):
         self.root, self.res = root, res
         files = _scan_images(root)
+        self.found, self.split_note = len(files), HOLDOUT_NOTE  # found and split_note explain an empty split
         files = [files[i] for i in _split_indices(len(files), split)]  # before the check: stable split
-        self.files = _readable(root, files, res)
+        self.files, self.unreadable = _readable(root, files, res)
         self.attr_names, self.attrs = [], torch.zeros(len(self.files), 0)
         anno = _find_celebahq_anno(root)
         if anno:
@@ -446,11 +576,7 @@ class ImageFolder:
         return len(self.files)
 
     def __getitem__(self, i):
-        path = os.path.join(self.root, self.files[i])
-        try:
-            img = load_rgb(path, min_size=2 * self.res)  # 2x margin keeps LANCZOS quality
-        except Exception as e:
-            raise DatasetError(f"cannot read {path} ({e}); delete or replace the file") from e
+        img = load_rgb(os.path.join(self.root, self.files[i]), min_size=2 * self.res)  # 2x margin keeps LANCZOS quality
         return square_resize(img, self.res), self.attrs[i]
 
 
@@ -458,25 +584,30 @@ class CelebA:
     """Aligned CelebA: root/img_align_celeba/*.jpg and root/list_attr_celeba.txt (40 attributes,
     -1/1 -> 0/1). Cropped as the official Diff-AE celeba64 (the 128x128 D2C box) and resized
     with LANCZOS. With root/list_eval_partition.txt the official partition is used (train = 0,
-    test = 2); without it, the every-100th hold-out rule."""
+    test = 2); without it, the every-100th hold-out rule. Headers are checked as in ImageFolder."""
 
     def __init__(self, root, res, split="train"):
         self.root, self.res = root, res
         self.attr_names, table = _read_attr_file(os.path.join(root, "list_attr_celeba.txt"))
-        present = {Path(f).stem: f for f in os.listdir(os.path.join(root, "img_align_celeba"))}
+        folder = os.path.join(root, "img_align_celeba")
+        present = {Path(f).stem: f for f in os.listdir(folder)}
         files = sorted(present[s] for s in table if s in present)
+        if present and not files:
+            raise DatasetError(f"{root}: none of the {len(present)} files in img_align_celeba/ has a row in "
+                               f"list_attr_celeba.txt (rows are matched by file name without extension)")
+        self.found, self.split_note = len(files), HOLDOUT_NOTE
         partition = os.path.join(root, "list_eval_partition.txt")
         if os.path.exists(partition) and split != "all":
-            with open(partition) as f:
-                part = {Path(line.split()[0]).stem: line.split()[1] for line in f if line.strip()}
             wanted = {"train": "0", "test": "2"}.get(split)
             if wanted is None:
                 raise DatasetError(f"unknown split {split!r}: use 'train', 'test' or 'all'")
+            part = _read_partition(partition)
             files = [f for f in files if part.get(Path(f).stem) == wanted]
+            self.split_note = f"({partition} puts none of them in partition {wanted}); correct or remove that file"
         else:
             files = [files[i] for i in _split_indices(len(files), split)]
-        self.files = files
-        self.attrs = torch.tensor([table[Path(f).stem] for f in files], dtype=torch.float32)
+        self.files, self.unreadable = _readable(folder, files, res)
+        self.attrs = torch.tensor([table[Path(f).stem] for f in self.files], dtype=torch.float32)
 
     def __len__(self):
         return len(self.files)
@@ -488,6 +619,8 @@ class CelebA:
 
 
 _lmdb_envs = {}  # (path, pid) -> open environment: LMDB allows one per path per process
+LMDB_LAYOUT = ("an official Diff-AE LMDB: key 'length' holding the image count as text and keys PREFIX-INDEX "
+               "(e.g. 256-00000) holding encoded images")
 
 
 def _lmdb_env(path):
@@ -499,9 +632,50 @@ def _lmdb_env(path):
             import lmdb
         except ImportError:
             raise DatasetError(f"reading the LMDB at {path} needs the lmdb package: pip install lmdb") from None
-        _lmdb_envs[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
-                                    max_readers=64)
+        try:
+            _lmdb_envs[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
+                                        max_readers=64)
+        except lmdb.Error as e:  # its text starts with the path
+            raise DatasetError(f"{os.path.join(path, 'data.mdb')} is not a readable LMDB database "
+                               f"({str(e).rsplit(': ', 1)[-1]}); expected {LMDB_LAYOUT}") from None
     return _lmdb_envs[key]
+
+
+def _lmdb_read(path, read):
+    """read(txn) in a read transaction of the LMDB at path; a damaged database is one DatasetError naming it."""
+    env = _lmdb_env(path)
+    import lmdb  # installed: _lmdb_env needed it
+    try:
+        with env.begin() as txn:
+            return read(txn)
+    except lmdb.Error as e:
+        raise DatasetError(f"{path}: the LMDB database is damaged ({e}); expected {LMDB_LAYOUT}") from None
+
+
+def _lmdb_layout(path, txn):
+    """(image count, key prefix, index digits) of an official Diff-AE LMDB, with its first and last keys
+    and the header of its first image checked; DatasetError naming the folder and what differs otherwise."""
+    length = txn.get(b"length")
+    first = next((k for k in txn.cursor().iternext(values=False) if k != b"length"), None)
+    if length is None or first is None:
+        missing = "no 'length' key" if length is None else "no image key"
+        raise DatasetError(f"{path}: {missing}; expected {LMDB_LAYOUT}")
+    count = length.decode("ascii", "replace").strip()
+    if not count.isdigit():
+        raise DatasetError(f"{path}: its 'length' key holds {length[:20]!r}, not a count; expected {LMDB_LAYOUT}")
+    m = re.fullmatch(rb"([!-~]+)-([0-9]+)", first)  # printable ASCII, a dash, digits
+    if m is None:
+        raise DatasetError(f"{path}: its first key {first[:40]!r} is not PREFIX-INDEX; expected {LMDB_LAYOUT}")
+    prefix, digits = m.group(1).decode(), len(m.group(2))
+    for i in sorted({0, int(count) - 1}) if int(count) else []:
+        key = f"{prefix}-{str(i).zfill(digits)}"
+        value = txn.get(key.encode())
+        if value is None:
+            raise DatasetError(f"{path}: 'length' says {count} images but the key {key} is missing; "
+                               f"expected {LMDB_LAYOUT}")
+        if i == 0:
+            _open_image(BytesIO(value), f"{path} key {key}", f"expected {LMDB_LAYOUT}").close()
+    return int(count), prefix, digits
 
 
 class LMDBImages:
@@ -513,14 +687,9 @@ class LMDBImages:
 
     def __init__(self, path, res, split="train"):
         self.path, self.res = path, res
-        with _lmdb_env(path).begin() as txn:
-            length = txn.get(b"length")
-            first = next((k for k in txn.cursor().iternext(values=False) if k != b"length"), None)
-        if length is None or first is None:
-            raise DatasetError(f"{path} is not an official Diff-AE LMDB (no 'length' key or no images)")
-        self.prefix, digits = first.decode().rsplit("-", 1)
-        self.zfill = len(digits)
-        self.indices = _split_indices(int(length.decode()), split)
+        count, self.prefix, self.zfill = _lmdb_read(path, lambda txn: _lmdb_layout(path, txn))
+        self.found, self.split_note, self.unreadable = count, HOLDOUT_NOTE, []
+        self.indices = _split_indices(count, split)
         self.files = [str(i) for i in self.indices]
         self.attr_names, self.attrs = [], torch.zeros(len(self.files), 0)
         anno = _find_celebahq_anno(path)
@@ -535,12 +704,11 @@ class LMDBImages:
         return len(self.indices)
 
     def __getitem__(self, i):
-        key = f"{self.prefix}-{str(self.indices[i]).zfill(self.zfill)}".encode()
-        with _lmdb_env(self.path).begin() as txn:
-            data = txn.get(key)
+        key = f"{self.prefix}-{str(self.indices[i]).zfill(self.zfill)}"
+        data = _lmdb_read(self.path, lambda txn: txn.get(key.encode()))
         if data is None:
-            raise DatasetError(f"{self.path}: key {key.decode()} is missing")
-        img = load_rgb(BytesIO(data))
+            raise DatasetError(f"{self.path}: key {key} is missing")
+        img = load_rgb(BytesIO(data), name=f"{self.path} key {key}")
         box = CELEBA_CROP if self.prefix == "None" and img.size == (178, 218) else None
         return square_resize(img, self.res, box), self.attrs[i]
 
@@ -577,6 +745,15 @@ def with_labels(dataset, csv_path):
     return Subset(dataset, keep, attrs, names)
 
 
+def _why_empty(ds, split, root, expected):
+    """Why a real dataset's split came out empty: its files are unreadable, the split holds none, or none exist."""
+    if ds.unreadable:
+        return f"none of the {len(ds.unreadable)} {split} image(s) in {root} can be read; the first: {ds.unreadable[0]}"
+    if ds.found:
+        return f"{ds.found} image(s) found in {root}, all of them held out of the {split} split {ds.split_note}"
+    return f"no {split} images found in {root}; {expected}"
+
+
 def make_dataset(name, res, data_dir=None, split="train", n=None, seed=0):
     """The dataset called `name` at resolution res. "toyfaces" is built in (n defaults to 10000
     for train and 1000 for test; data_dir is its cache folder, default data/cache). Any other
@@ -598,7 +775,7 @@ def make_dataset(name, res, data_dir=None, split="train", n=None, seed=0):
     else:
         ds = ImageFolder(root, res, split)
     if len(ds) == 0:
-        raise DatasetError(f"dataset {name!r}: no {split} images found in {root}; {expected}")
+        raise DatasetError(f"dataset {name!r}: {_why_empty(ds, split, root, expected)}")
     if n is not None and n < len(ds):
         ds = Subset(ds, range(n))
     return ds

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from encoder import PDAEEncoderConfig
 from latent_ddim import LatentNetConfig
 from official import ConversionError
-from pdae import weights_sha256
+from nn import weights_sha256
 from unet import UNetConfig
 
 FOLDERS = ("pre-trained-dpms", "trained-models")
@@ -53,18 +53,122 @@ GROUPS = {"ddim": (("denoise_fn", DPM_RULES),),  # the state dict's name without
 # --- reading the official layout ---------------------------------------------------------------
 
 def parse_yaml(text, where):
-    """An official config.yml as a dict. PyYAML is optional: only this import needs it."""
+    """An official config.yml as a dict of plain values, read as yaml.safe_load reads it. A syntax error, a
+    tag safe loading refuses or an alias inside its own anchor (a recursive structure) is one ConversionError
+    naming the file, the line and the key. PyYAML is optional: only this import needs it."""
     try:
         import yaml
     except ImportError:
         raise ConversionError(f"{where}: reading PDAE's config.yml needs PyYAML: pip install pyyaml") from None
     try:
-        cfg = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConversionError(f"{where}: not a readable YAML file ({e})") from e
+        loader = yaml.SafeLoader(text)  # refuses control characters already
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_yaml_node(node, where, "", 0, set(), set())
+            cfg = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ", ".join(p for p in (e.context, e.problem) if p)
+        raise ConversionError(f"{where}{at}: {problem}; expected YAML as the official code writes it") from None
+    except yaml.YAMLError as e:  # its text spans lines: joined into one
+        raise ConversionError(f"{where}: not a readable YAML file ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise ConversionError(f"{where}: nested too deeply to be a config.yml") from None
     if not isinstance(cfg, dict):
-        raise ConversionError(f"{where}: expected a YAML mapping, got {type(cfg).__name__}")
+        raise ConversionError(f"{where}: expected a YAML mapping (key: value lines), got {_shown(cfg)}")
     return cfg
+
+
+def _check_yaml_node(node, where, key, line, open_ids, done_ids):
+    """Refuse, by key and line, a tag yaml.safe_load cannot construct and an alias that contains itself;
+    done_ids keeps shared aliases from being walked twice (an alias bomb would take exponential time)."""
+    import yaml
+    name = key or "the top level"
+    if id(node) in open_ids:
+        raise ConversionError(f"{where}, line {line}: {name} is an alias inside its own anchor (a recursive "
+                              f"structure); expected plain values")
+    if id(node) in done_ids:
+        return
+    if node.tag not in yaml.SafeLoader.yaml_constructors:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise ConversionError(f"{where}, line {node.start_mark.line + 1}: {name} has the tag {tag}, which is "
+                              f"refused; expected plain values")
+    open_ids.add(id(node))
+    if node.id == "mapping":
+        for k, v in node.value:
+            label = k.value if k.id == "scalar" else "?"
+            if k.tag != "tag:yaml.org,2002:merge":  # a `<<:` key is resolved by the loader, not constructed
+                _check_yaml_node(k, where, f"{key}.{label}".lstrip("."), k.start_mark.line + 1, open_ids, done_ids)
+            _check_yaml_node(v, where, f"{key}.{label}".lstrip("."), k.start_mark.line + 1, open_ids, done_ids)
+    elif node.id == "sequence":
+        for i, v in enumerate(node.value):
+            _check_yaml_node(v, where, f"{key}[{i}]", v.start_mark.line + 1, open_ids, done_ids)
+    open_ids.discard(id(node))
+    done_ids.add(id(node))
+
+
+# --- reading a config's values: every access names its key and the type it expects -----------------
+
+REQUIRED = object()  # setting()'s default: the key must be there
+KINDS = {  # the kinds setting() checks: (test, how a message names it)
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping (indented key: value lines)"),
+    "ints": (lambda v: isinstance(v, list) and all(KINDS["int"][0](x) for x in v), "a list of integers"),
+    # the official configs write some numbers as strings ("1e-4", "(0.9, 0.999)"), parsed by floats()
+    "numbers": (lambda v: isinstance(v, (str, int, float, list)) and not isinstance(v, bool),
+                "a number or a string of numbers such as '1e-4' or '(0.9, 0.999)'"),
+    "any": (lambda v: True, "any value"),
+}
+
+
+def setting(cfg, key, kind, where, default=REQUIRED):
+    """The value at the dotted `key` of a config.yml's dict, checked to be `kind` (a name in KINDS). A missing
+    key gives `default` when one is given; otherwise, and for a value of another kind, one ConversionError
+    names the file (where), the key and what is expected."""
+    value = cfg
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(value, dict):
+            section = ".".join(key.split(".")[:i])
+            raise ConversionError(f"{where}: {section} is {_shown(value)}; expected {KINDS['dict'][1]}")
+        if part not in value:
+            if default is not REQUIRED:
+                return default
+            raise ConversionError(f"{where}: lacks {key}; expected {KINDS[kind][1]} there")
+        value = value[part]
+    test, what = KINDS[kind]
+    if kind == "ints" and isinstance(value, list) and not test(value):  # name the first item that is no integer
+        i = next(i for i, v in enumerate(value) if not KINDS["int"][0](v))
+        raise ConversionError(f"{where}: {key}[{i}] is {_shown(value[i])}; expected {what}")
+    if not test(value):
+        raise ConversionError(f"{where}: {key} is {_shown(value)}; expected {what}")
+    return value
+
+
+def numbers(cfg, key, where):
+    """setting(cfg, key, 'numbers') as a list of floats, or None if the key is missing."""
+    value = setting(cfg, key, "numbers", where, default=None)
+    try:
+        return None if value is None else floats(value)
+    except (ValueError, TypeError):
+        raise ConversionError(f"{where}: {key} is {_shown(value)}; expected {KINDS['numbers'][1]}") from None
+
+
+def _shown(value):
+    """A value for a message: scalars as written (clipped), containers by kind only (they may be huge or recursive)."""
+    kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "empty (null)"}
+    kind = kinds.get(type(value), f"a {type(value).__name__}")
+    if isinstance(value, (dict, list)) or value is None:
+        return kind
+    text = repr(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} ({kind})"
 
 
 def role(raw):
@@ -97,36 +201,43 @@ def companions(kind, cfg, path):
     if keys and base is None:
         raise ConversionError(f"{path}: not inside a pre-trained-dpms/ or trained-models/ folder, so the paths its "
                               f"config.yml names cannot be resolved; keep the official folders as downloaded")
-    out = {}
-    for name, key in keys.items():
-        if not isinstance(cfg.get(key), str):
-            raise ConversionError(f"{path}: its config.yml lacks {key!r} (the path of its {name.replace('_', ' ')})")
-        out[name] = os.path.normpath(os.path.join(base, cfg[key]))
-    return out
+    # a path that is not a string would fail os.path.join with a TypeError: setting() names it instead
+    return {name: os.path.normpath(os.path.join(base, setting(cfg, key, "str", config_path(path))))
+            for name, key in keys.items()}
+
+
+def config_path(source):
+    """The config.yml beside an official checkpoint file, which every message about its config names."""
+    return os.path.join(os.path.dirname(os.path.abspath(source)), "config.yml")
 
 
 # --- the three conversions -----------------------------------------------------------------------
 
 def convert_dpm(raw, cfg, source):
     """A pre-trained DPM (raw checkpoint dict + its config.yml dict) -> our 'ddim' checkpoint."""
-    unet = unet_config(cfg, source)
+    where = config_path(source)
+    unet = unet_config(cfg, where)
     ck = _checkpoint("ddim", {"unet": asdict(unet), "encoder": None, "latent": None,
-                              "diffusion": diffusion_config(cfg, source)}, cfg, source, raw)
+                              "diffusion": diffusion_config(cfg, where)}, cfg, source, raw)
     ck["ema"], ck["model"] = dict(raw["ema_denoise_fn"]), _raw(raw, "denoise_fn")
     return ck
 
 
-def convert_autoencoder(raw, cfg, dpm_cfg, source, dpm_checkpoint):
-    """A PDAE autoencoder (+ its config and the DPM's config) -> our 'pdae' checkpoint."""
-    unet = unet_config(dpm_cfg, source)
-    enc = encoder_config(cfg, unet.res, source)
-    dec = _section(cfg, "decoder_config", source)
-    if dec.get("model") not in DECODERS or int(dec.get("latent_dim", -1)) != enc.z_dim:
-        raise ConversionError(f"{source}: decoder_config {dec} is not implemented here (supported: a ShiftUNet, "
-                              f"one of {', '.join(DECODERS)}, with the encoder's latent_dim {enc.z_dim})")
+def convert_autoencoder(raw, cfg, dpm_cfg, source, dpm_config):
+    """A PDAE autoencoder (+ its config, the DPM's config and that config's path) -> our 'pdae' checkpoint."""
+    where = config_path(source)
+    unet = unet_config(dpm_cfg, dpm_config)
+    enc = encoder_config(cfg, unet.res, where)
+    model = setting(cfg, "decoder_config.model", "str", where)
+    z_dim = setting(cfg, "decoder_config.latent_dim", "int", where)
+    if model not in DECODERS or z_dim != enc.z_dim:
+        raise ConversionError(f"{where}: decoder_config model={model!r}, latent_dim={z_dim} is not implemented here "
+                              f"(supported: a ShiftUNet, one of {', '.join(DECODERS)}, with the encoder's latent_dim "
+                              f"{enc.z_dim})")
+    dpm_checkpoint = os.path.join(os.path.dirname(dpm_config), "checkpoint.pt")  # recorded, not read
     ema = {**rename(raw["ema_encoder"], ENCODER_RULES), **rename(raw["ema_decoder"], DECODER_RULES)}
     frozen = {k[len("unet."):]: v for k, v in ema.items() if k.startswith("unet.")}
-    config = {"unet": asdict(unet), "encoder": asdict(enc), "latent": None, "diffusion": diffusion_config(cfg, source),
+    config = {"unet": asdict(unet), "encoder": asdict(enc), "latent": None, "diffusion": diffusion_config(cfg, where),
               "pdae": {"condition": "image", "gamma": 0.1,  # the official loss weight's gamma is fixed in its code
                        "pretrained_path": dpm_checkpoint, "pretrained_sha256": weights_sha256(frozen)}}
     ck = _checkpoint("pdae", config, cfg, source, raw)
@@ -139,15 +250,16 @@ def convert_autoencoder(raw, cfg, dpm_cfg, source, dpm_checkpoint):
 def convert_latent(raw, cfg, autoencoder, latents, source):
     """A latent DPM (+ its config, our import of its autoencoder, the inferred-latents dict) -> our 'pdae'
     checkpoint with config['latent'] and the latent DDIM's weights under latent.*."""
-    lc = _section(cfg, "latent_denoise_fn_config", source)
-    if lc.get("model") not in LATENT_NETS:
-        raise ConversionError(f"{source}: latent_denoise_fn_config.model={lc.get('model')!r} is not implemented "
+    where = config_path(source)
+    model = setting(cfg, "latent_denoise_fn_config.model", "str", where)
+    if model not in LATENT_NETS:
+        raise ConversionError(f"{where}: latent_denoise_fn_config.model={model!r} is not implemented "
                               f"here (supported: {', '.join(LATENT_NETS)}, all MLPSkipNet)")
     if not (isinstance(latents, dict) and "mean" in latents and "std" in latents):
         raise ConversionError(f"{source}: its inferred-latents file holds no 'mean' and 'std'")
     stats = {"latent.mean": latents["mean"].reshape(-1), "latent.std": latents["std"].reshape(-1)}
     ck = dict(autoencoder)
-    ck["config"] = dict(autoencoder["config"], latent=latent_config(lc))
+    ck["config"] = dict(autoencoder["config"], latent=latent_config(cfg, where))
     ck["config"]["train"] = dict(autoencoder["config"]["train"], latent_file=str(source))
     ck["ema"] = {**autoencoder["ema"], **rename(raw["ema_latent_denoise_fn"], LATENT_RULES), **stats}
     raw_latent = _raw(raw, "latent_denoise_fn")  # without it (or the raw autoencoder) only the EMA is imported
@@ -158,73 +270,71 @@ def convert_latent(raw, cfg, autoencoder, latents, source):
 
 # --- configs -------------------------------------------------------------------------------------
 
-def _section(cfg, key, source):
-    if not isinstance(cfg.get(key), dict):
-        raise ConversionError(f"{source}: its config.yml lacks the section {key!r}")
-    return cfg[key]
-
-
-def refuse_unsupported(fn, source):
+def refuse_unsupported(cfg, where):
     """UNet options our networks do not implement: fail with the option's name, never load silently."""
-    rules = [  # (the official option, its value, whether we support it, what we support)
-        ("learn_sigma", fn.get("learn_sigma", False), lambda v: not v, "False (eps prediction only)"),
-        ("num_class", fn.get("num_class"), lambda v: v is None, "None (unconditional)"),
-        ("dims", fn.get("dims", 2), lambda v: v == 2, "2"),
-        ("use_new_attention_order", fn.get("use_new_attention_order", False), lambda v: not v, "False"),
-        ("head_channel", fn.get("head_channel", -1), lambda v: v == -1, "-1 (heads set by num_heads)"),
+    rules = [  # (the official option, its kind, its default, whether we support a value, what we support)
+        ("learn_sigma", "bool", False, lambda v: not v, "False (eps prediction only)"),
+        ("num_class", "any", None, lambda v: v is None, "None (unconditional)"),
+        ("dims", "int", 2, lambda v: v == 2, "2"),
+        ("use_new_attention_order", "bool", False, lambda v: not v, "False"),
+        ("head_channel", "int", -1, lambda v: v == -1, "-1 (heads set by num_heads)"),
     ]
-    for name, value, ok, supported in rules:
+    for name, kind, default, ok, supported in rules:
+        value = setting(cfg, f"denoise_fn_config.{name}", kind, where, default)
         if not ok(value):
-            raise ConversionError(f"{source}: official option denoise_fn_config.{name}={value!r} is not "
+            raise ConversionError(f"{where}: official option denoise_fn_config.{name}={value!r} is not "
                                   f"implemented here (supported: {supported})")
 
 
-def unet_config(dpm_cfg, source):
+def unet_config(dpm_cfg, where):
     """Our UNetConfig for the official UNet(**denoise_fn_config) trained at train_dataset_config.image_size."""
-    fn = _section(dpm_cfg, "denoise_fn_config", source)
-    refuse_unsupported(fn, source)
-    res = int(_section(dpm_cfg, "train_dataset_config", source)["image_size"])
-    ch = int(fn["base_channel"])
+    fn = lambda key, kind, *default: setting(dpm_cfg, f"denoise_fn_config.{key}", kind, where, *default)
+    refuse_unsupported(dpm_cfg, where)
+    res, ch = setting(dpm_cfg, "train_dataset_config.image_size", "int", where), fn("base_channel", "int")
+    factors = fn("attention_resolutions", "ints")  # official: downsampling factors
+    if not all(f > 0 and res % f == 0 for f in factors):
+        raise ConversionError(f"{where}: denoise_fn_config.attention_resolutions={factors} are not all factors of "
+                              f"train_dataset_config.image_size={res}; expected the downsampling factors")
     return UNetConfig(
-        res=res, ch=ch, ch_mult=tuple(int(m) for m in fn["channel_multiplier"]),
-        num_res_blocks=int(fn["num_residual_blocks_of_a_block"]),
-        attn_res=tuple(res // int(ds) for ds in fn["attention_resolutions"]),  # official: downsampling factors
-        dropout=float(fn.get("dropout", 0.0)), embed_dim=4 * ch, cond_dim=None, num_heads=int(fn["num_heads"]),
-        norm_groups=32, in_ch=int(fn["input_channel"]), out_ch=int(fn["input_channel"]))
+        res=res, ch=ch, ch_mult=tuple(fn("channel_multiplier", "ints")),
+        num_res_blocks=fn("num_residual_blocks_of_a_block", "int"), attn_res=tuple(res // f for f in factors),
+        dropout=float(fn("dropout", "float", 0.0)), embed_dim=4 * ch, cond_dim=None, num_heads=fn("num_heads", "int"),
+        norm_groups=32, in_ch=fn("input_channel", "int"), out_ch=fn("input_channel", "int"))
 
 
-def encoder_config(cfg, res, source):
-    ec = _section(cfg, "encoder_config", source)
-    if ec.get("model") not in ENCODERS:
-        raise ConversionError(f"{source}: encoder_config.model={ec.get('model')!r} is not implemented here "
+def encoder_config(cfg, res, where):
+    model = setting(cfg, "encoder_config.model", "str", where)
+    if model not in ENCODERS:
+        raise ConversionError(f"{where}: encoder_config.model={model!r} is not implemented here "
                               f"(supported: {', '.join(ENCODERS)})")
-    enc_res, ch_mult = ENCODERS[ec["model"]]
+    enc_res, ch_mult = ENCODERS[model]
     if enc_res != res:
-        raise ConversionError(f"{source}: {ec['model']} reads {enc_res}x{enc_res} images but its DPM was "
+        raise ConversionError(f"{where}: {model} reads {enc_res}x{enc_res} images but its DPM was "
                               f"trained at {res}x{res}")
     return PDAEEncoderConfig(res=enc_res, ch=64, ch_mult=ch_mult, attn_res=(16,), num_heads=4,
-                             z_dim=int(ec["latent_dim"]), norm_groups=32, in_ch=3)
+                             z_dim=setting(cfg, "encoder_config.latent_dim", "int", where), norm_groups=32, in_ch=3)
 
 
-def diffusion_config(cfg, source):
+def diffusion_config(cfg, where):
     """config['diffusion'] from diffusion_config: the official betas (linear 1e-4 .. 0.02 for any T, or cosine)."""
-    dc = _section(cfg, "diffusion_config", source)
-    T, betas = int(dc["timesteps"]), dc.get("betas_type")
+    T = setting(cfg, "diffusion_config.timesteps", "int", where)
+    betas = setting(cfg, "diffusion_config.betas_type", "str", where)
     # our "linear" rescales its ends by 1000 / T; the official one does not, so they agree at T = 1000 only
     if not (betas == "cosine" or (betas == "linear" and T == 1000)):
-        raise ConversionError(f"{source}: diffusion_config betas_type={betas!r} with timesteps={T} is not "
+        raise ConversionError(f"{where}: diffusion_config betas_type={betas!r} with timesteps={T} is not "
                               f"implemented here (supported: 'linear' with 1000 timesteps, 'cosine')")
     return {"T": T, "schedule": betas, "grid": "pdae"}
 
 
-def latent_config(lc):
+def latent_config(cfg, where):
     """LatentDDIM.config for MLPSkipNet: the official latent diffusion is fixed in its code (T = 1000,
     constant beta 0.008, normalised z) and samples with clipping on PDAE's grid."""
-    layers = int(lc["num_layers"])
-    net = LatentNetConfig(z_dim=int(lc["input_channel"]), hidden=int(lc["model_channel"]), num_layers=layers,
-                          skip_layers=tuple(range(1, layers)), time_emb_dim=int(lc["time_emb_channel"]),
-                          num_time_layers=2, time_last_act=False, use_norm=bool(lc["use_norm"]),
-                          condition_bias=1.0, dropout=float(lc.get("dropout", 0.0)))
+    lc = lambda key, kind, *default: setting(cfg, f"latent_denoise_fn_config.{key}", kind, where, *default)
+    layers = lc("num_layers", "int")
+    net = LatentNetConfig(z_dim=lc("input_channel", "int"), hidden=lc("model_channel", "int"), num_layers=layers,
+                          skip_layers=tuple(range(1, layers)), time_emb_dim=lc("time_emb_channel", "int"),
+                          num_time_layers=2, time_last_act=False, use_norm=lc("use_norm", "bool"),
+                          condition_bias=1.0, dropout=float(lc("dropout", "float", 0.0)))
     return {"net": asdict(net), "T": 1000, "schedule": "const", "znormalize": True, "grid": "pdae", "clip": True}
 
 
@@ -237,17 +347,18 @@ def floats(text):
 
 def _checkpoint(kind, config, cfg, source, raw):
     """Our checkpoint dict around `config`, with the training facts the official config records."""
-    data = cfg.get("train_dataset_config") or {}
-    opt, run = cfg.get("optimizer_config") or {}, cfg.get("runner_config") or {}
+    where = config_path(source)
+    first = lambda values: values[0] if values else None
     # "autoencoder-NAME", "pre-trained-dpms-NAME", ...: the DPM and the autoencoder trained on it share NAME
     folder = os.path.dirname(os.path.abspath(source))
     name = f"{os.path.basename(os.path.dirname(folder))}-{os.path.basename(folder)}"
     config["train"] = {"source": "official", "format": "pdae", "file": str(source), "name": name,
-                       "data": str(data.get("name", "")).lower() or None, "res": config["unet"]["res"],
-                       "batch_size": (cfg.get("dataloader_config") or {}).get("train", {}).get("batch_size"),
-                       "lr": floats(opt["lr"])[0] if "lr" in opt else None,
-                       "adam_betas": floats(opt["adam_betas"]) if "adam_betas" in opt else None,
-                       "ema_decay": floats(run["ema_decay"])[0] if "ema_decay" in run else None}
+                       "data": setting(cfg, "train_dataset_config.name", "str", where, "").lower() or None,
+                       "res": config["unet"]["res"],
+                       "batch_size": setting(cfg, "dataloader_config.train.batch_size", "int", where, None),
+                       "lr": first(numbers(cfg, "optimizer_config.lr", where)),
+                       "adam_betas": numbers(cfg, "optimizer_config.adam_betas", where),
+                       "ema_decay": first(numbers(cfg, "runner_config.ema_decay", where))}
     step = raw.get("step")
     # images_seen is unknown: the official batch size is per process and the number of processes is not saved
     return {"kind": kind, "config": config, "model": None, "ema": None, "optimizer": None,

@@ -259,3 +259,239 @@ def test_lmdb_round_trip(tmp_path, prefix, width):
     else:
         assert image[1].min() > 0.9 and image[0].max() < -0.9  # celeba64 crop applied
     assert len(LMDBImages(str(path), 16, "test")) == 1
+
+
+# -----------------------------------------------------------------------------
+# malformed files: each is one DatasetError naming the file and the line (or key)
+
+CELEBA_NAMES = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+                "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
+                "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
+                "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
+                "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
+
+
+@pytest.fixture(scope="module")
+def toy_jpegs():
+    """Three 178x218 JPEGs (aligned CelebA's size) of toyfaces, as bytes, with their attributes."""
+    faces = ToyFaces(128, 3, cache_dir=None)
+    out = []
+    for image, attrs in zip(faces.images, faces.attrs):
+        buf = io.BytesIO()
+        Image.fromarray(image).resize((178, 218)).save(buf, format="jpeg", quality=90)
+        row = {n: v for n, v in zip(ToyFaces.ATTRIBUTES, attrs)}
+        out.append((buf.getvalue(), [1 if row.get(n) else -1 for n in CELEBA_NAMES]))
+    return out
+
+
+def _attr_text(rows):
+    """An attribute file as CelebA writes it: the count, the 40 names, then `FILE v1 ... v40`."""
+    return f"{len(rows)}\n{' '.join(CELEBA_NAMES)} \n" + "".join(
+        f"{name} " + " ".join(f"{v:2d}" for v in values) + "\n" for name, values in rows)
+
+
+@pytest.fixture
+def celeba(tmp_path, toy_jpegs):
+    """A CelebA-shaped folder: img_align_celeba/00000N.jpg, list_attr_celeba.txt, list_eval_partition.txt."""
+    root = tmp_path / "celeba"
+    (root / "img_align_celeba").mkdir(parents=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(len(toy_jpegs))]
+    for name, (jpeg, _) in zip(names, toy_jpegs):
+        (root / "img_align_celeba" / name).write_bytes(jpeg)
+    (root / "list_attr_celeba.txt").write_text(_attr_text([(n, v) for n, (_, v) in zip(names, toy_jpegs)]))
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, "012")))
+    return root
+
+
+@pytest.fixture
+def celebahq(tmp_path, toy_jpegs):
+    """CelebAMask-HQ: CelebA-HQ-img/N.jpg with CelebAMask-HQ-attribute-anno.txt beside the folder."""
+    for i, (jpeg, _) in enumerate(toy_jpegs):
+        _save(tmp_path / "CelebA-HQ-img" / f"{i}.jpg", Image.open(io.BytesIO(jpeg)))
+    (tmp_path / "CelebAMask-HQ-attribute-anno.txt").write_text(
+        _attr_text([(f"{i}.jpg", v) for i, (_, v) in enumerate(toy_jpegs)]))
+    return tmp_path / "CelebA-HQ-img"
+
+
+def _edit_line(path, lineno, edit):
+    lines = path.read_bytes().split(b"\n")
+    lines[lineno - 1] = edit(lines[lineno - 1])
+    path.write_bytes(b"\n".join(lines))
+
+
+ROW = 4  # the line of the second image's row in an attribute file
+TABLE_CASES = {  # case -> (the file, how it is broken, what the message must say besides the file's name)
+    "attr short row": ("list_attr_celeba.txt", lambda p: _edit_line(p, ROW, lambda l: l.rsplit(b" ", 1)[0]),
+                       ["line 4", "40 values -1 or 1", "got 39 value(s)"]),
+    "attr not a number": ("list_attr_celeba.txt", lambda p: _edit_line(p, ROW, lambda l: l.replace(b" 1", b" x", 1)),
+                          ["line 4", "got 'x' for"]),
+    "attr not -1/1/0": ("list_attr_celeba.txt", lambda p: _edit_line(p, ROW, lambda l: l[:-2] + b" 2"),
+                        ["line 4", "got '2' for Young"]),
+    "attr count disagrees": ("list_attr_celeba.txt", lambda p: _edit_line(p, 1, lambda l: b"202599"),
+                             ["line 1", "says 202599 images but 3 rows follow"]),
+    "attr empty": ("list_attr_celeba.txt", lambda p: p.write_bytes(b""), ["empty", "expected a count line"]),
+    "attr no count line": ("list_attr_celeba.txt", lambda p: _edit_line(p, 1, lambda l: b""),
+                           ["line 1", "expected the number of images"]),
+    "attr twice": ("list_attr_celeba.txt", lambda p: _edit_line(p, ROW, lambda l: l.replace(b"000002", b"000001")),
+                   ["line 4", "000001.jpg is listed again (first on line 3)"]),
+    "attr not UTF-8": ("list_attr_celeba.txt", lambda p: _edit_line(p, ROW, lambda l: l + b"\xe9"),
+                       ["line 4", "0xe9 is not UTF-8", "not a text attribute file"]),
+    "hq attr short row": ("CelebAMask-HQ-attribute-anno.txt", lambda p: _edit_line(p, 3, lambda l: l.rsplit(b" ", 2)[0]),
+                          ["line 3", "got 38 value(s) after '0.jpg'"]),
+    "partition bad value": ("list_eval_partition.txt", lambda p: _edit_line(p, 2, lambda l: b"000002.jpg valid"),
+                            ["line 2", "0 (train), 1 (validation) or 2 (test)", "got 'valid' for partition"]),
+    "partition no value": ("list_eval_partition.txt", lambda p: _edit_line(p, 3, lambda l: b"000003.jpg"),
+                           ["line 3", "got 0 value(s)"]),
+    "csv wrong cells": ("labels.csv", lambda p: _edit_line(p, 3, lambda l: l + b",1"),
+                        ["line 3", "3 cells, the header has 2 (file,Smiling)"]),
+    "csv not a number": ("labels.csv", lambda p: _edit_line(p, 2, lambda l: b"000001.jpg,yes"),
+                         ["line 2", "labels must be numbers"]),
+    "csv twice": ("labels.csv", lambda p: _edit_line(p, 3, lambda l: b"000001.png,0"),
+                  ["line 3", "000001.png is listed again (first on line 2"]),
+    "csv not UTF-8": ("labels.csv", lambda p: _edit_line(p, 3, lambda l: b"caf\xe9.jpg,1"),
+                      ["line 3", "0xe9 is not UTF-8", "not a text CSV file"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_CASES))
+def test_a_malformed_label_table_names_its_line(celeba, celebahq, case):
+    name, damage, says = TABLE_CASES[case]
+    (celeba / "labels.csv").write_text("file,Smiling\n000001.jpg,1\n000002.jpg,0\n000003.jpg,1\n")
+    load = {"CelebAMask-HQ-attribute-anno.txt": lambda: make_dataset("celebahq", 16, data_dir=str(celebahq)),
+            "labels.csv": lambda: with_labels(make_dataset("celeba", 16, data_dir=str(celeba)), str(celeba / "labels.csv"))
+            }.get(name, lambda: make_dataset("celeba", 16, data_dir=str(celeba)))
+    ds = load()  # the valid files load
+    assert len(ds) > 0 and ds[0][0].shape == (3, 16, 16)
+    path = celebahq.parent / name if name.startswith("CelebAMask") else celeba / name
+    damage(path)
+    with pytest.raises(DatasetError) as e:
+        load()
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message, message
+    assert all(s in message for s in says), message
+
+
+BOMB_LIMIT = 100_000  # Pillow's limit, lowered for the test: it warns above it and raises above twice it
+IMAGE_CASES = {  # case -> (how the second image is broken, when it is found, what the message must say)
+    "truncated JPEG": (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "load", "truncated"),
+    "not an image": (lambda p: p.write_bytes(b"GIF89a, or so it says"), "scan", "not an image file Pillow can read"),
+    "empty file": (lambda p: p.write_bytes(b""), "scan", "not an image file Pillow can read"),
+    "bomb (warned)": (lambda p: Image.new("L", (400, 400)).save(p, format="png"), "scan",
+                      "160000 pixels, over Pillow's limit of 100000"),
+    "bomb (refused)": (lambda p: Image.new("L", (600, 600)).save(p, format="png"), "scan",
+                       "360000 pixels, over Pillow's limit of 100000"),
+}
+
+
+@pytest.mark.parametrize("layout", ["celeba", "folder"])
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+def test_a_broken_image_is_named_when_scanned_or_loaded(celeba, monkeypatch, capsys, layout, case):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+    damage, found, says = IMAGE_CASES[case]
+    root = celeba / "img_align_celeba"
+    if layout == "folder":  # a plain image folder: no attribute file
+        root = celeba.parent / "photos"
+        os.rename(celeba / "img_align_celeba", root)
+    path = root / "000002.jpg"
+    damage(path)
+    capsys.readouterr()
+    ds = make_dataset("mine", 16, data_dir=str(root if layout == "folder" else celeba), split="all")
+    err = capsys.readouterr().err
+    if found == "scan":  # the header check at construction skips it, with one warning that says why
+        assert "000002.jpg" not in ds.files and len(ds) == 2
+        assert err.count("\n") == 1 and "skipped 1 unreadable image(s)" in err and says in err and "000002.jpg" in err
+        assert ds[1][0].shape == (3, 16, 16)
+    else:  # only decoding finds it: loading that item raises, naming the file
+        assert ds.files[1] == "000002.jpg" and err == ""
+        with pytest.raises(DatasetError) as e:
+            ds[1]
+        assert "\n" not in str(e.value) and str(path) in str(e.value) and says in str(e.value)
+    with pytest.raises(DatasetError) as e:  # and any direct load, e.g. sample.py --images
+        data.load_rgb(path)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"cannot read {path}: ") and says in str(e.value)
+
+
+def _lmdb(path, items):
+    lmdb = pytest.importorskip("lmdb")
+    with lmdb.open(str(path), map_size=2**24) as env, env.begin(write=True) as txn:
+        for k, v in items.items():
+            txn.put(k, v)
+    return path
+
+
+def _jpeg(shade=0):
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (shade, 0, 0)).save(buf, format="jpeg")
+    return buf.getvalue()
+
+
+LMDB_CASES = {  # case -> (the database's items or raw data.mdb bytes, when it is found, what the message must say)
+    "garbage data.mdb": (np.random.default_rng(0).bytes(8192), "open", "is not a readable LMDB database"),
+    "empty data.mdb": (b"", "open", "is not a readable LMDB database"),
+    "no length": ({b"256-00000": _jpeg()}, "open", "no 'length' key"),
+    "length not a count": ({b"length": b"three", b"256-00000": _jpeg()}, "open", "its 'length' key holds b'three'"),
+    "keys not official": ({b"length": b"1", b"img_0.png": _jpeg()}, "open",
+                          "its first key b'img_0.png' is not PREFIX-INDEX"),
+    "length too large": ({b"length": b"5", b"256-00000": _jpeg(), b"256-00001": _jpeg()}, "open",
+                         "'length' says 5 images but the key 256-00004 is missing"),
+    "values not images": ({b"length": b"1", b"256-00000": b"\x00" * 64}, "open", "key 256-00000: not an image file"),
+    "a truncated value": ({b"length": b"2", b"256-00000": _jpeg(), b"256-00001": _jpeg()[:300]}, "load",
+                          "key 256-00001: truncated"),
+}
+
+
+@pytest.mark.parametrize("case", list(LMDB_CASES))
+def test_a_broken_lmdb_is_named(tmp_path, case):
+    pytest.importorskip("lmdb")
+    content, found, says = LMDB_CASES[case]
+    path = tmp_path / f"{case.replace(' ', '_')}.lmdb"
+    if isinstance(content, bytes):
+        path.mkdir()
+        (path / "data.mdb").write_bytes(content)
+    else:
+        _lmdb(path, content)
+    if found == "open":
+        with pytest.raises(DatasetError) as e:
+            make_dataset("ffhq", 16, data_dir=str(path), split="all")
+        assert "expected an official Diff-AE LMDB" in str(e.value)
+    else:
+        ds = make_dataset("ffhq", 16, data_dir=str(path), split="all")
+        assert ds[0][0].shape == (3, 16, 16)
+        with pytest.raises(DatasetError) as e:
+            ds[1]
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and says.lower() in str(e.value).lower(), str(e.value)
+
+
+EMPTY_CASES = {  # case -> (how a valid CelebA folder is cut down, the split, what the message must say)
+    "one image, held out": ("folder", lambda root: [os.remove(root / f"00000{i}.jpg") for i in (2, 3)], "train",
+                            "1 image(s) found in {root}, all of them held out of the train split (every 100th image "
+                            "is held out for testing, starting with the first); add images"),
+    "all unreadable": ("folder", lambda root: [(root / f"00000{i}.jpg").write_bytes(b"x") for i in (2, 3)], "train",
+                       "none of the 2 train image(s) in {root} can be read; the first: cannot read 000002.jpg: not an "
+                       "image file Pillow can read; delete or replace it"),
+    "partition without train": ("celeba", lambda root: (root / "list_eval_partition.txt").write_text(
+        "000001.jpg 2\n000002.jpg 1\n000003.jpg 2\n"), "train", "3 image(s) found in {root}, all of them held out of "
+        "the train split ({root}/list_eval_partition.txt puts none of them in partition 0); correct or remove that file"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_CASES))
+def test_an_empty_split_says_why(celeba, case):
+    layout, cut, split, says = EMPTY_CASES[case]
+    root = celeba / "img_align_celeba" if layout == "folder" else celeba
+    if layout == "folder":
+        os.remove(celeba / "list_attr_celeba.txt")  # a plain image folder
+    assert len(make_dataset("mine", 16, data_dir=str(root), split=split)) > 0
+    cut(root if layout == "celeba" else root)
+    with pytest.raises(DatasetError) as e:
+        make_dataset("mine", 16, data_dir=str(root), split=split)
+    assert str(e.value) == f"dataset 'mine': {says.format(root=root)}", str(e.value)
+
+
+def test_a_broken_image_in_a_dataloader_worker_is_still_one_line(celeba):
+    path = celeba / "img_align_celeba" / "000002.jpg"
+    path.write_bytes(path.read_bytes()[:1000])
+    ds = make_dataset("celeba", 16, data_dir=str(celeba), split="all")
+    with pytest.raises(DatasetError) as e:  # the worker's traceback becomes the message it carried
+        list(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1))
+    assert str(e.value).startswith(f"cannot read {path}: ") and "\n" not in str(e.value), str(e.value)

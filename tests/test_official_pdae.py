@@ -317,3 +317,78 @@ def test_yaml_numbers_are_parsed_by_hand():
     assert official_pdae.floats("1e-4") == [1e-4] and official_pdae.floats(0.01) == [0.01]
     with pytest.raises(ValueError):
         official_pdae.floats("__import__('os')")
+
+
+# --- a malformed config.yml: one CheckpointError line naming the file and the key -------------------
+
+@pytest.fixture(scope="module")
+def dpm_weights():
+    """The EMA weights of an official pre-trained DPM that DPM_YAML describes."""
+    from unet import UNet
+    torch.manual_seed(0)
+    return {"ema_denoise_fn": UNet(UNET).state_dict()}
+
+
+def _sub(old, new):
+    """An edit of DPM_YAML's text as yaml.safe_dump writes it (sorted keys, two-space indents)."""
+    def edit(text):
+        assert old in text
+        return text.replace(old, new)
+    return edit
+
+
+CONFIG_CASES = {  # case -> (how the DPM's config.yml text is changed, what the one-line message must say)
+    "valid": (lambda text: text, None),
+    "missing key": (_sub("  base_channel: 32\n", ""),
+                    "config.yml: lacks denoise_fn_config.base_channel; expected an integer there"),
+    "string for an int": (_sub("num_heads: 2", "num_heads: 'two'"),
+                          "config.yml: denoise_fn_config.num_heads is 'two' (a string); expected an integer"),
+    "list for a dict": (_sub("diffusion_config:\n  betas_type: linear\n  timesteps: 1000\n",
+                             "diffusion_config:\n- linear\n"),
+                        "config.yml: diffusion_config is a list; expected a mapping"),
+    "list of strings": (_sub("channel_multiplier:\n  - 1\n  - 2\n", "channel_multiplier: ['1', '2']\n"),
+                        "config.yml: denoise_fn_config.channel_multiplier[0] is '1' (a string); "
+                        "expected a list of integers"),
+    "not UTF-8": (lambda text: text.replace("name: CELEBA64", "name: CELEBA64\xe9").encode("latin-1"),
+                  "config.yml, line 21: the byte 0xe9 is not UTF-8"),
+    "recursive alias": (lambda text: text.replace("denoise_fn_config:", "denoise_fn_config: &cfg").replace(
+                            "base_channel: 32", "base_channel: *cfg"),
+                        "config.yml, line 4: denoise_fn_config.base_channel is an alias inside its own anchor"),
+    "python tag": (_sub("num_heads: 2", "num_heads: !!python/object/apply:os.system ['echo hi']"),
+                   "config.yml, line 13: denoise_fn_config.num_heads has the tag "
+                   "!!python/object/apply:os.system, which is refused"),
+    "syntax error": (_sub("dims: 2", "dims: 2: 3"), "config.yml, line 8, column 10: mapping values are not allowed here"),
+    "zero attention factor": (_sub("attention_resolutions:\n  - 2\n", "attention_resolutions: [0]\n"),
+                              "config.yml: denoise_fn_config.attention_resolutions=[0] are not all factors"),
+    "not a mapping": (lambda text: "- 1\n- 2\n", "config.yml: expected a YAML mapping (key: value lines), got a list"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_a_malformed_config_is_one_line_naming_its_key(tmp_path, dpm_weights, case):
+    edit, says = CONFIG_CASES[case]
+    folder = tmp_path / "pre-trained-dpms" / "tiny64"
+    folder.mkdir(parents=True)
+    torch.save(dpm_weights, folder / "checkpoint.pt")
+    text = edit(yaml.safe_dump(DPM_YAML))
+    (folder / "config.yml").write_bytes(text if isinstance(text, bytes) else text.encode())
+    if says is None:  # the valid config loads
+        assert checkpoint.load(folder / "checkpoint.pt")["config"]["unet"] == {**vars(UNET), "cond_dim": None}
+        return
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(folder / "checkpoint.pt")
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(folder / says.split(":")[0])), str(e.value)
+    assert says in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("value, says", [(None, "lacks trained_ddpm_config; expected a string there"),
+                                         ("7", "trained_ddpm_config is 7 (an integer); expected a string")])
+def test_a_config_path_of_the_wrong_kind_is_named(tmp_path, value, says):
+    folder = tmp_path / "trained-models" / "autoencoder" / "x"
+    folder.mkdir(parents=True)
+    torch.save({"ema_encoder": {}, "ema_decoder": {}}, folder / "checkpoint.pt")
+    cfg = {k: v for k, v in AE_YAML.items() if k != "trained_ddpm_config"}
+    (folder / "config.yml").write_text(yaml.safe_dump(cfg if value is None else {**cfg, "trained_ddpm_config": int(value)}))
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(folder / "checkpoint.pt")
+    assert str(e.value) == f"{folder / 'config.yml'}: {says}"
