@@ -23,9 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import cli
-import train
+import pdae
+import presets
 from diffusion import Diffusion
 from encoder import PDAEEncoder
+from objective import Objective, t_weights
 
 
 def sync(device):
@@ -64,73 +66,76 @@ def official_model(path, kind, p, res):
                   embed_channels=p["embed_dim"], attention_resolutions=tuple(p["attn_res"]), dropout=p["dropout"],
                   channel_mult=tuple(p["ch_mult"]), resblock_updown=True, num_heads=1)
     if kind == "ddim":
-        return BeatGANsUNetConfig(**common).make_model(), lambda m, x, t, x0: m(x, t).pred
-    cfg = BeatGANsAutoencConfig(**common, resnet_two_cond=True, enc_out_channels=p["z_dim"], enc_pool="adaptivenonzero",
-                                enc_num_res_block=p["num_res_blocks"], enc_channel_mult=tuple(p["enc_ch_mult"]),
-                                enc_attn_resolutions=tuple(p["attn_res"]))
-    return cfg.make_model(), lambda m, x, t, x0: m(x, t, x_start=x0).pred
+        model = BeatGANsUNetConfig(**common).make_model()
+        eps = lambda x, t, x0: model(x, t).pred
+    else:
+        cfg = BeatGANsAutoencConfig(**common, resnet_two_cond=True, enc_out_channels=p["z_dim"], enc_pool="adaptivenonzero",
+                                    enc_num_res_block=p["num_res_blocks"], enc_channel_mult=tuple(p["enc_ch_mult"]),
+                                    enc_attn_resolutions=tuple(p["attn_res"]))
+        model = cfg.make_model()
+        eps = lambda x, t, x0: model(x, t, x_start=x0).pred
+    d = Diffusion()
+    return model, lambda x0, y, t, noise: (eps(d.q_sample(x0, t, noise), t, x0).float() - noise).square().mean()
 
 
 def make_model(kind, unet_cfg, enc_cfg, p, res):
     """An untrained model of the preset: weights do not change the timings."""
     if kind == "pdae":
-        import pdae
-        return pdae.PDAE(unet_cfg, PDAEEncoder(train.pdae_encoder_config(res, p)), Diffusion(), p.get("gamma", 0.1))
-    ck = {"kind": kind, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),
-                                       diffusion={"T": 1000, "schedule": "linear"})}
+        return pdae.PDAE(unet_cfg, PDAEEncoder(presets.pdae_encoder_config(res, p)), Diffusion(), pdae.GAMMA)
+    ck = {"kind": kind, "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg), diffusion=Diffusion().config())}
     return checkpoint.make_model(ck)
 
 
-def noise_predictor(model, kind, x0, kind_of_shift="ddim"):
-    """eps(x_t, t) of each model for the images x0: the DDIM ignores them, the autoencoders encode them."""
+def noise_predictor(model, kind, x0):
+    """eps(x_t, t) of each model for the images x0 (for sampling): the DDIM ignores them, the autoencoders encode them."""
     if kind == "ddim":
         return lambda x, t: model(x, t)
-    z = model.encoder(x0)
-    if kind == "pdae":  # eps_theta - c_t G: Eq. 7's c_t in training, Eq. 6's for DDIM sampling
-        return model.eps_fn(z, kind=kind_of_shift)
-    return lambda x, t: model.unet(x, t, z)
+    return model.eps_fn(model.encode(x0))
 
 
-def bench_train(model, forward, args, device, amp_dtype, res, B, tuned=True):
-    """Median seconds of one training step (forward, backward, clip, Adam) and its FLOPs.
+def bench_train(model, loss_fn, args, device, amp_dtype, res, B, tuned=True):
+    """Median seconds of one training step (loss forward and backward, clip, Adam) and its FLOPs.
 
     tuned: channels-last (unless --no-channels-last) and fused Adam, as train.py runs; the official
     code gets them on CUDA only (its own trainer on a CPU runs NCHW and the unfused Adam).
     """
-    d = Diffusion()
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4, fused=tuned)
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(B, 3, res, res, generator=g) * 2 - 1).to(device)
     noise = torch.randn(B, 3, res, res, generator=g).to(device)
     t = torch.randint(0, 1000, (B,), generator=g).to(device)
+    y = torch.zeros(B, 0, device=device)
     if tuned and args.channels_last:
         x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
 
     def step():
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = (forward(model, d.q_sample(x0, t, noise), t, x0).float() - noise).square().mean()
+            loss = loss_fn(x0, y, t, noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    t0 = time.perf_counter()
+    step()  # the first step compiles (with --compile): timed once, apart
+    first = time.perf_counter() - t0
     with FlopCounterMode(display=False) as fc:
         step()
-    return timed(step, device, args.warmup, args.iters), fc.get_total_flops()
+    return timed(step, device, args.warmup, args.iters), fc.get_total_flops(), first
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="toy32", choices=list(train.PRESETS))
+    ap.add_argument("--preset", default="toy32", choices=list(presets.PRESETS))
     ap.add_argument("--model", default="diffae", choices=["ddim", "diffae", "pdae"],
                     help="pdae: an encoder and G_psi trained around a frozen (here untrained) DDIM of the preset")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: the preset's")
     ap.add_argument("--warmup", type=cli.nonnegative_int, default=3)
     ap.add_argument("--iters", type=cli.positive_int, default=10)
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--amp", default="auto", choices=cli.AMP_CHOICES, help="as train.py's --amp")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the objective, as train.py --compile")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--grad-checkpoint", action="store_true")
     ap.add_argument("--sample-T", type=cli.number_list(int, 1, 1000), default=[20, 100],
@@ -147,37 +152,40 @@ def parse_args(argv):
     return args
 
 
-def report(name, model, forward, args, device, amp, res, B, tuned=True):
+def report(name, model, loss_fn, args, device, amp, res, B, tuned=True):
     """Time one training step of `model` and print and return its row."""
     model.to(device).train()
     if tuned and args.channels_last:
         model.to(memory_format=torch.channels_last)
-    fn = torch.compile(forward) if args.compile else forward
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sec, flops = bench_train(model, fn, args, device, amp, res, B, tuned)
-    row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B,
-               train_step_s=sec, train_images_per_s=B / sec, gflop_per_image=flops / B / 1e9,
+    sec, flops, first = bench_train(model, loss_fn, args, device, amp, res, B, tuned)
+    row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B, precision=cli.precision(amp),
+               train_step_s=sec, train_images_per_s=B / sec, first_step_s=first, gflop_per_image=flops / B / 1e9,
                achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
                params_m=sum(q.numel() for q in model.parameters()) / 1e6,
                trained_params_m=sum(q.numel() for q in model.parameters() if q.requires_grad) / 1e6)
     if args.peak_tflops:
         row["mfu"] = row["achieved_tflops"] / args.peak_tflops
-    print(f"{name:>10s}: train {B / sec:8.1f} img/s  ({sec * 1e3:.0f} ms/step, batch {B})  "
+    print(f"{name:>10s}: train {B / sec:8.1f} img/s  ({sec * 1e3:.0f} ms/step, batch {B}, {row['precision']})  "
           f"{row['gflop_per_image']:.1f} GFLOP/img  {row['achieved_tflops']:.2f} TFLOP/s"
-          + (f"  MFU {row['mfu']:.1%}" if args.peak_tflops else "") + f"  peak mem {row['peak_memory_mb']:.0f} MB", flush=True)
+          + (f"  MFU {row['mfu']:.1%}" if args.peak_tflops else "") + f"  peak mem {row['peak_memory_mb']:.0f} MB"
+          + (f"  first step {first:.1f} s" if first > 5 * sec else ""), flush=True)
     return row
 
 
 def our_model(args, p, res):
-    unet_cfg, enc_cfg = train.model_configs(args.model, p, res, Diffusion())
+    """(model, train.py's objective for it) of the preset, with its per-t weights."""
+    d = Diffusion()
+    unet_cfg, enc_cfg = presets.model_configs(args.model, p, res, d)
     unet_cfg.grad_checkpoint = args.grad_checkpoint
     if args.official:  # the official code: 32 GroupNorm groups, no eps input skip; time the same architecture
         unet_cfg.norm_groups, unet_cfg.input_skip = 32, None
         if enc_cfg is not None:
             enc_cfg.norm_groups = 32
     model = make_model(args.model, unet_cfg, enc_cfg, p, res)
-    return model, lambda m, x, t, x0: noise_predictor(m, args.model, x0, kind_of_shift="ddpm")(x, t)
+    weights = t_weights(p.get("t_weights"), d, p.get("t_gamma")) if args.model != "pdae" else None
+    return model, Objective(args.model, model, d, weights)
 
 
 def bench_sampling(model, row, args, device, amp_dtype, res, SB):
@@ -196,26 +204,29 @@ def bench_sampling(model, row, args, device, amp_dtype, res, SB):
                   f"(batch {SB})", flush=True)
 
 
-def alternate_rounds(ours, official, rows, args, device, amps, res, B):
-    """More rounds, alternating, so that a busy machine slows both alike; medians decide."""
-    t_ours, t_off = [rows[0]["train_step_s"]], [rows[1]["train_step_s"]]
+def alternate_rounds(a, b, rows, args, device, amps, res, B, tuned=(True, True)):
+    """More rounds of a and b, alternating, so that a busy machine slows both alike; medians decide.
+    rows: the two rows a and b reported; b's speed relative to a's goes into b's row."""
+    t_a, t_b = [rows[0]["train_step_s"]], [rows[1]["train_step_s"]]
     for _ in range(args.rounds - 1):
-        ours[0].train()
-        t_ours.append(bench_train(ours[0], ours[1], args, device, amps[0], res, B)[0])
-        t_off.append(bench_train(official[0], official[1], args, device, amps[1], res, B, device.type == "cuda")[0])
-    ratio = statistics.median(t_off) / statistics.median(t_ours)
-    rows[0]["train_step_s_rounds"], rows[1]["train_step_s_rounds"] = t_ours, t_off
-    rows[0]["speedup_vs_official"] = ratio
-    print(f"ours / official training throughput: {ratio:.2f}x (medians of {args.rounds} alternating rounds)")
+        t_a.append(bench_train(a[0].train(), a[1], args, device, amps[0], res, B, tuned[0])[0])
+        t_b.append(bench_train(b[0].train(), b[1], args, device, amps[1], res, B, tuned[1])[0])
+    ratio = statistics.median(t_a) / statistics.median(t_b)
+    rows[0]["train_step_s_rounds"], rows[1]["train_step_s_rounds"] = t_a, t_b
+    rows[1][f"speed_vs_{rows[0]['name']}"] = ratio
+    print(f"{rows[1]['name']} / {rows[0]['name']} training throughput: {ratio:.2f}x (medians of {args.rounds} alternating rounds)")
 
 
+@cli.entry
 def main(argv=None):
     args = parse_args(argv)
     device = cli.pick_device(args.device)
-    p = train.PRESETS[args.preset]
+    p = presets.PRESETS[args.preset]
     res, B = p["res"], args.batch_size or p["batch_size"]
     cuda = device.type == "cuda"
-    amp_dtype = train.autocast_dtype(device, args.amp)
+    amp_dtype = cli.autocast_dtype(device, args.amp)
+    if args.json:  # fail before the timing, not after it
+        check_writable(args.json)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
@@ -225,16 +236,26 @@ def main(argv=None):
         ours = our_model(args, p, res)
         rows.append(report("ours", *ours, args, device, amp_dtype, res, B))
         bench_sampling(ours[0], rows[-1], args, device, amp_dtype, res, args.sample_batch or B)
+        if args.compile:  # train.py --compile: the same objective through torch.compile, beside eager
+            compiled = (ours[0], torch.compile(ours[1]))
+            rows.append(report("compiled", *compiled, args, device, amp_dtype, res, B))
+            alternate_rounds(ours, compiled, rows[-2:], args, device, (amp_dtype, amp_dtype), res, B)
     if official is not None:
         off_amp = amp_dtype if cuda else None  # the official code autocasts only on CUDA
         rows.append(report("official", *official, args, device, off_amp, res, B, tuned=cuda))
         if ours is not None:
-            alternate_rounds(ours, official, rows, args, device, (amp_dtype, off_amp), res, B)
+            alternate_rounds(official, ours, [rows[-1], rows[0]], args, device, (off_amp, amp_dtype), res, B, (cuda, True))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
         print(f"wrote {args.json}")
     return 0
+
+
+def check_writable(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        cli.usage_error(f"--json {path}: {folder} is not a writable folder; create it or choose another path")
 
 
 if __name__ == "__main__":

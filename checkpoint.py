@@ -14,8 +14,10 @@ load() checks the archive's CRCs and that every floating tensor is finite; verif
 the config describes a model and that every weight fits it, naming the first that does not. It
 runs in load() for every file, so no command starts on a checkpoint it cannot build.
 """
+import errno
 import glob
 import os
+import shutil
 import re
 import sys
 import zipfile
@@ -51,7 +53,11 @@ def save(path, ck):
     remove_stale_temporaries(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        torch.save(ck, tmp)
+        try:
+            torch.save(ck, tmp)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) as its own error: name the cause
+            raise OSError(errno.ENOSPC if shutil.disk_usage(folder).free < 2**20 else errno.EIO,
+                          f"writing failed ({str(e).splitlines()[0][:80]})", path) from None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
@@ -212,16 +218,28 @@ def _convert_pdae(raw, path):
     if kind == "dpm":
         return official_pdae.convert_dpm(raw, cfg, path)
     if kind == "autoencoder":
-        dpm_ck = os.path.join(os.path.dirname(files["dpm_config"]), "checkpoint.pt")  # recorded, not read
-        return official_pdae.convert_autoencoder(raw, cfg, read_yaml(files["dpm_config"], path), path, dpm_ck)
+        dpm_cfg = read_yaml(files["dpm_config"], path)
+        return official_pdae.convert_autoencoder(raw, cfg, dpm_cfg, path, files["dpm_config"])
     return official_pdae.convert_latent(raw, cfg, load(files["autoencoder"]), read(files["latents"]), path)
 
 
 def read_yaml(path, owner):
+    """An official config.yml as a dict; a file that is missing, unreadable or not UTF-8 text is one
+    CheckpointError naming it (and the line), its YAML is checked by official_pdae.parse_yaml."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{owner}: an official PDAE checkpoint needs its config.yml, expected at {path!r}")
-    with open(path, encoding="utf-8") as f:
-        return official_pdae.parse_yaml(f.read(), path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise CheckpointError(f"{path}, line {line}: the byte 0x{raw[e.start]:02x} is not UTF-8; expected the "
+                              f"config.yml as the official code writes it (UTF-8 text)") from None
+    return official_pdae.parse_yaml(text, path)
 
 
 # --- verifying and building -------------------------------------------------------------------------
@@ -302,10 +320,14 @@ def configs(**named):
     return {k: (asdict(v) if v is not None else None) for k, v in named.items()}
 
 
+@cli.entry
 def main(argv):
     if len(argv) != 3 or argv[0] != "convert":
         cli.usage_error("usage: python checkpoint.py convert SRC DST (SRC: an official Diff-AE .ckpt or PDAE "
                         "checkpoint.pt, or one of ours; DST: our checkpoint)")
+    if os.path.lexists(argv[2]):  # never over a release, a run's ckpt.pt or anything else already there
+        cli.usage_error(f"{argv[2]} exists already; convert writes a new file only: choose another DST "
+                        f"(or remove it yourself first)")
     try:
         ck = load(argv[1])
     except CheckpointError as e:

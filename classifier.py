@@ -14,6 +14,7 @@ with scale 0.3 in the notebook and scale in [-0.5, 0.5] in predict.py ("too stro
 artifacts"). sqrt(dim) is the typical norm of a normalised code, so `scale` is a fraction of it;
 `manipulate` below keeps that convention so the official scales carry over.
 """
+import functools
 import math
 
 import torch
@@ -21,6 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrics import balanced_accuracy
+
+
+def in_float32(fit):
+    """A fit runs in float32 whatever autocast the caller's networks run in: bf16's 8 bits of mantissa
+    lose a converging probe's small steps."""
+    @functools.wraps(fit)
+    def run(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return fit(*args, **kwargs)
+    return run
 
 
 # ----------------------------------------------------------------------------
@@ -82,6 +93,7 @@ def logistic_loss(probe, z_norm, y, weight, weight_decay):
     return data + 0.5 * weight_decay * probe.linear.weight.pow(2).sum()
 
 
+@in_float32
 def fit_logistic(z_norm, y, weight_decay=1e-3, steps=100, lr=1.0, sample_weight=None, balanced=True):
     """Diff-AE App. A.2: logistic regression on normalised z; y [N] or [N, A] in {0, 1}.
 
@@ -113,6 +125,7 @@ def fit_logistic(z_norm, y, weight_decay=1e-3, steps=100, lr=1.0, sample_weight=
     return probe.requires_grad_(False)
 
 
+@in_float32
 def fit_linear_regression(z_norm, y, ridge=1e-3):
     """Ridge regression for continuous labels (head pose, lighting): closed form, on normalised z.
 
@@ -132,6 +145,7 @@ def fit_linear_regression(z_norm, y, ridge=1e-3):
     return probe.requires_grad_(False)
 
 
+@in_float32
 def fit_pu(z_norm_pos, z_norm_unlabelled, weight_decay=1e-3, steps=100):
     """Diff-AE §5.6 / App. A.2: positive-unlabelled classifier.
 
@@ -220,6 +234,7 @@ def rejection_sample(sample_fn, prob_fn, n, threshold=0.5, generator=None, max_r
 PROBE_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2)  # the L2 strengths a probe's cross-validation tries
 
 
+@in_float32
 def probe_accuracy(z_train, y_train, z_test, y_test, weight_decay=None, folds=5, grid=PROBE_WEIGHT_DECAYS):
     """Fit a logistic probe on train codes (normalised with train stats), score it on test codes.
 

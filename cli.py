@@ -1,18 +1,54 @@
-"""Command-line plumbing shared by the scripts: the usage error and the argparse value types.
+"""Command-line plumbing shared by the scripts: the usage error, the entry-point wrapper, the
+argparse value types, and the device and precision rules.
 
 Every numeric flag is checked where it is parsed, so a bad value stops the command with exit
 code 2 and one line naming the flag and the allowed range, before any work starts or any file
-is touched. Only scripts (train.py, sample.py, bench.py, checkpoint.py's `convert`) import this.
+is touched. Modules raise `UsageError`; only a script's `main`, wrapped by `entry`, turns it
+(and every other way a command can end badly) into one line and an exit code.
 """
 import argparse
+import errno
+import functools
 import math
 import sys
 
 
+class UsageError(Exception):
+    """The command was used wrongly: nothing was run, nothing written (exit code 2)."""
+
+
 def usage_error(msg):
-    """Print `error: msg` and exit with code 2 (a usage error: nothing was run, nothing written)."""
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+    raise UsageError(msg)
+
+
+def entry(main):
+    """A script's main: UsageError -> one line, exit 2; Ctrl-C -> exit 130; a failed read or write of a
+    file mid-work (disk full, read-only folder) -> one line naming the file, exit 1. Other exceptions
+    are bugs and keep their traceback."""
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        except KeyboardInterrupt:
+            print("\ninterrupted: files written so far are whole (every write is atomic)", file=sys.stderr)
+            raise SystemExit(130)
+        except OSError as e:
+            print(f"error: {describe_os_error(e)}", file=sys.stderr)
+            raise SystemExit(1)
+    return run
+
+
+def describe_os_error(e):
+    """One line for a failed file operation, with what to do where the cause is common."""
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    hint = {errno.ENOSPC: "the disk is full: free space and run again",
+            errno.EROFS: "the folder is read-only: pass a writable --out",
+            errno.EACCES: "permission denied: pass a folder you can write to",
+            errno.ENOTDIR: "a path component is a file, not a folder"}.get(e.errno, "")
+    return f"cannot access{where}: {e.strerror or e}" + (f" ({hint})" if hint else "")
 
 
 def _number(text, kind):
@@ -85,6 +121,29 @@ def native_bf16():
             return any(line.startswith("Features") and " bf16" in line for line in f)
     except OSError:
         return False
+
+
+def autocast_dtype(device, amp):
+    """The one precision rule of every entry point (`--amp auto|bf16|fp16|off`): the dtype the
+    networks autocast to, or None for float32. auto: bf16 on CUDA (fp16 where bf16 is missing) and
+    on a CPU with native bf16 (elsewhere CPU bf16 is emulated and slower than float32)."""
+    import torch
+    if device.type == "cuda":
+        return {"auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+                "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    if amp == "fp16":
+        usage_error("--amp fp16 needs CUDA (CPU autocast runs bf16 only); use --amp bf16 or off")
+    if amp == "auto":
+        return torch.bfloat16 if native_bf16() else None
+    return torch.bfloat16 if amp == "bf16" else None
+
+
+def precision(amp_dtype):
+    """How a run's first line names its precision."""
+    return "float32" if amp_dtype is None else f"{str(amp_dtype)[6:]} autocast"
+
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 def pick_device(name):

@@ -3,6 +3,7 @@
 Module names (in_layers, emb_layers, cond_emb_layers, out_layers, skip_connection, qkv, proj_out)
 follow the official Diff-AE code so that its released checkpoints load by renaming prefixes only.
 """
+import hashlib
 import math
 
 import torch
@@ -142,3 +143,13 @@ class EmbedSequential(nn.Sequential):
         for layer in self:
             x = layer(x, emb, cond) if isinstance(layer, ResBlock) else layer(x)
         return x
+
+
+def weights_sha256(state_dict):
+    """A content hash of network weights: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        v = state_dict[k].detach().cpu().contiguous()
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -14,7 +14,6 @@ predictor eps_hat = eps_theta - c_t * G, with
 G_psi reuses the frozen UNet's input blocks and time embedding: one encoder-half pass per step
 feeds both eps_theta's decoder half and G's new middle/output blocks (Fig. 2).
 """
-import hashlib
 from dataclasses import asdict, replace
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 
 from diffusion import Diffusion, _bcast, posterior_variance_on
 from encoder import PDAEEncoder, PDAEEncoderConfig
-from nn import AttentionBlock, ResBlock, ada_group_norm
+from nn import AttentionBlock, ResBlock, ada_group_norm, weights_sha256
 from unet import UNet, UNetConfig, check_input_skip, decoder_half, run_block
 
 
@@ -168,16 +167,6 @@ class LabelEmbedding(nn.Module):
 def _tuples(d):
     """A config dict with lists (as a checkpoint may hold them) back to the dataclasses' tuples."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def weights_sha256(state_dict):
-    """A content hash of network weights: names, dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for k in sorted(state_dict):
-        v = state_dict[k].detach().cpu().contiguous()
-        h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class PDAE(nn.Module):

@@ -20,88 +20,51 @@ import torch
 import checkpoint
 import classifier
 import cli
-from plot import log_plot, save_grid  # noqa: F401  (save_grid: train.py's previews use it too)
+import codes
+import judge
+import metrics
+import pdae
+from codes import decode, encode, eps_fn
+from diffusion import lerp, slerp
+from plot import log_plot, save_grid
 
-
-# --- pictures -------------------------------------------------------------------------------
-
-# --- the two codes --------------------------------------------------------------------------
-
-def eps_fn(kind, model, z=None):
-    """The noise predictor the sampler sees, for a checkpoint kind."""
-    if kind == "ddim":
-        return lambda x, t: model(x, t)
-    return model.eps_fn(z)
-
-
-def encode(kind, model, d, x, steps):
-    """x0 -> (z_sem, x_T): z from the encoder, x_T by DDIM inversion given z (Diff-AE Eq. 8)."""
-    z = model.encode(x) if kind != "ddim" else None
-    return z, d.ddim_invert(eps_fn(kind, model, z), x, steps)
-
-
-def decode(kind, model, d, z, x_T, steps):
-    return d.ddim_sample(eps_fn(kind, model, z), x_T, steps)
-
-
-def reconstruction_rows(kind, model, d, x, steps, seed=0):
-    """[input, reconstruction from inferred x_T, reconstruction from random x_T (Diff-AE only)]."""
-    with torch.inference_mode():
-        z, x_T = encode(kind, model, d, x, steps)
-        rows = [x, decode(kind, model, d, z, x_T, steps)]
-        if kind != "ddim":
-            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
-            rows.append(decode(kind, model, d, z, noise, steps))
-    return rows
-
-
-# --- data the checkpoint knows ----------------------------------------------------------------
 
 def held_out(ck, n, args):
-    """n held-out images (and attributes) of the checkpoint's dataset, or the user's --images."""
-    import data
-    tc = ck["config"].get("train", {})
-    res = tc.get("res") or ck["config"]["unet"]["res"]
-    if args.images:
-        try:
-            x = torch.stack([data.square_resize(data.load_rgb(f), res) for f in args.images])
-        except OSError as e:
-            cli.usage_error((f"cannot read --images: {e}"))
-        return x, torch.zeros(len(x), 0), []
-    name = args.data or tc.get("data")
-    if name is None:
-        cli.usage_error(("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR] or --images FILE ..."))
-    try:
-        ds = data.make_dataset(name, res, data_dir=args.data_dir or tc.get("data_dir"), split="test", seed=tc.get("seed", 0))
-    except data.DatasetError as e:
-        if args.data or tc.get("source") != "official":
-            cli.usage_error((str(e)))
-        # a released checkpoint names a dataset this machine may not have: show it working on toyfaces
-        print(f"note: {e}\nnote: using held-out toyfaces at {res}px instead; pass --images FILE ... or --data NAME")
-        ds = data.make_dataset("toyfaces", res, split="test")
-    if hasattr(ds, "tensors"):
-        X, Y = ds.tensors()
-        return X[:n], Y[:n], list(ds.attr_names)
-    items = [ds[i] for i in range(min(n, len(ds)))]
-    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]), list(ds.attr_names)
+    return codes.held_out(ck, n, args.src)
+
+
+def write_json(path, obj):
+    """Atomically, so an interrupted command never leaves half a file (a partial result is whole)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.tmp{os.getpid()}", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(f"{path}.tmp{os.getpid()}", path)
+
+
+def toyfaces_judge(names, res, what):
+    """The toyfaces judge where the labels are toyfaces' (None, with one line, elsewhere)."""
+    if judge.knows(names):
+        return judge.attribute_judge(res)
+    print(f"{what}: skipped (the attribute judge knows toyfaces' attributes only; this dataset's labels are "
+          f"{', '.join(names[:5]) + (' ...' if len(names) > 5 else '') if names else 'none'})")
+    return None
 
 
 # --- subcommands ----------------------------------------------------------------------------
 
 def require_pdae(kind, command):
     if kind != "pdae":
-        cli.usage_error((f"{command} is a PDAE figure: pass a checkpoint of train.py --model pdae"))
+        cli.usage_error(f"{command} is a PDAE figure: pass a checkpoint of train.py --model pdae")
 
 
 def cmd_reconstruct(kind, model, d, ck, args):
     x, _, _ = held_out(ck, args.n, args)
-    rows = reconstruction_rows(kind, model, d, x.to(args.device), args.steps, args.seed)
+    rows = codes.reconstruction_rows(kind, model, d, x.to(args.device), args.steps, args.seed)
     path = save_grid(os.path.join(args.out, f"reconstruct_T{args.steps}.png"), rows)
     print(f"wrote {path}: rows = input | inferred x_T" + (" | random x_T" if kind != "ddim" else ""))
 
 
 def cmd_interpolate(kind, model, d, ck, args):
-    from diffusion import lerp, slerp
     x, _, _ = held_out(ck, 2 * args.n, args)
     x = x.to(args.device)
     a, b = x[0::2][:args.n], x[1::2][:args.n]
@@ -124,7 +87,7 @@ def cmd_interpolate(kind, model, d, ck, args):
 
 def cmd_vary(kind, model, d, ck, args):
     if kind == "ddim":
-        cli.usage_error(("vary needs a semantic code: use a Diff-AE or PDAE checkpoint"))
+        cli.usage_error("vary needs a semantic code: use a Diff-AE or PDAE checkpoint")
     x, _, _ = held_out(ck, args.n, args)
     x = x.to(args.device)
     g = torch.Generator().manual_seed(args.seed)
@@ -154,83 +117,77 @@ def cmd_predict_x0(kind, model, d, ck, args):
 
 
 def cmd_eval(kind, model, d, ck, args):
-    """Diff-AE Table 2: reconstruction MSE / SSIM at several T, with inferred and with random x_T."""
-    import metrics
+    """Diff-AE Table 2: reconstruction MSE / SSIM at several T, with inferred and with random x_T; the probe (Table 1)."""
     x, y, names = held_out(ck, args.n, args)
-    steps_list = list(args.T)
     modes = [m for m in args.x_T.split(",") if m]
     if not modes or set(modes) - {"inferred", "random"}:
-        cli.usage_error((f"--x-T takes inferred, random or both (comma-separated), got {args.x_T!r}"))
+        cli.usage_error(f"--x-T takes inferred, random or both (comma-separated), got {args.x_T!r}")
     if kind == "ddim":
         modes = ["inferred"]  # a random x_T carries nothing of the input without a z_sem
     results = {"checkpoint": args.ckpt, "kind": kind, "grid": d.grid, "n_images": len(x), "rows": []}
-    g = torch.Generator().manual_seed(args.seed)
+    path = os.path.join(args.out, "eval.json")
+    referee = toyfaces_judge(names, x.shape[-1], "the attribute judge") if args.judge and "random" in modes and names else None
     lpips_fn, why_not = metrics.lpips_model(args.device)
     if lpips_fn is None:
         print(f"LPIPS: skipped ({why_not})")
-    for steps in steps_list:
+    g = torch.Generator().manual_seed(args.seed)
+    for steps in args.T:
         for xT_mode in modes:
-            mse, ssim, lp, recs = [], [], [], []
-            t0 = time.time()
-            with torch.inference_mode():
-                for xb in x.split(args.batch_size):
-                    xb = xb.to(args.device)
-                    z = model.encode(xb) if kind != "ddim" else None
-                    if xT_mode == "inferred":
-                        x_T = d.ddim_invert(eps_fn(kind, model, z), xb, steps)
-                    else:
-                        x_T = torch.randn(xb.shape, generator=g).to(xb.device)
-                    rec = decode(kind, model, d, z, x_T, steps)
-                    mse.append(metrics.mse(rec, xb).cpu())
-                    ssim.append(metrics.ssim(rec, xb).cpu())
-                    if lpips_fn is not None:
-                        lp.append(metrics.lpips_distance(lpips_fn, rec, xb).cpu())
-                    recs.append(rec.cpu())
-            row = dict(T=steps, x_T=xT_mode, mse=float(torch.cat(mse).mean()), ssim=float(torch.cat(ssim).mean()),
-                       lpips=float(torch.cat(lp).mean()) if lp else None, seconds=round(time.time() - t0, 1))
-            if names and args.judge and xT_mode == "random":  # do random-x_T reconstructions keep the attributes?
-                judge = metrics.attribute_judge(x.shape[-1], device="cpu")
-                acc = metrics.attribute_accuracy(judge, torch.cat(recs), y)
-                row["attribute_balanced_accuracy"] = acc
-                row["attribute_mean"] = sum(acc.values()) / len(acc)
+            row = eval_row(kind, model, d, x, y, steps, xT_mode, g, lpips_fn, referee, args)
             results["rows"].append(row)
-            lp_txt = f"  LPIPS {row['lpips']:.4f}" if lp else ""
-            print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}{lp_txt}  ({row['seconds']}s)", flush=True)
-            if "attribute_mean" in row:
-                print(f"          the judge finds the input's attributes kept: {row['attribute_mean']:.3f} mean balanced "
-                      f"accuracy ({', '.join(f'{k} {v:.2f}' for k, v in row['attribute_balanced_accuracy'].items())})")
+            write_json(path, results)  # after every row: an evaluation stopped midway keeps what it finished
     if names and kind != "ddim" and args.probe:
         results["probe"] = probe(model, ck, args)
         print(f"linear probe on z_sem: mean balanced accuracy {results['probe']['mean']:.3f} over {len(names)} attributes "
               f"(an untrained encoder of the same architecture: {results['probe']['untrained_encoder']['mean']:.3f})")
-    path = os.path.join(args.out, "eval.json")
-    os.makedirs(args.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(path, results)
     print(f"wrote {path}")
+
+
+def eval_row(kind, model, d, x, y, steps, xT_mode, g, lpips_fn, referee, args):
+    """One row of Table 2: decode every image from its z_sem and an inferred or random x_T, and score it."""
+    mse, ssim, lp, recs = [], [], [], []
+    t0 = time.time()
+    with torch.inference_mode():
+        for xb in x.split(args.batch_size):
+            xb = xb.to(args.device)
+            z = model.encode(xb) if kind != "ddim" else None
+            if xT_mode == "inferred":
+                x_T = d.ddim_invert(eps_fn(kind, model, z), xb, steps)
+            else:
+                x_T = torch.randn(xb.shape, generator=g).to(xb.device)
+            rec = decode(kind, model, d, z, x_T, steps).float()
+            mse.append(metrics.mse(rec, xb).cpu())
+            ssim.append(metrics.ssim(rec, xb).cpu())
+            if lpips_fn is not None:
+                lp.append(metrics.lpips_distance(lpips_fn, rec, xb).cpu())
+            recs.append(rec.cpu())
+    row = dict(T=steps, x_T=xT_mode, mse=float(torch.cat(mse).mean()), ssim=float(torch.cat(ssim).mean()),
+               lpips=float(torch.cat(lp).mean()) if lp else None, seconds=round(time.time() - t0, 1))
+    lp_txt = f"  LPIPS {row['lpips']:.4f}" if lp else ""
+    print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}{lp_txt}  ({row['seconds']}s)", flush=True)
+    if referee is not None and xT_mode == "random":  # do random-x_T reconstructions keep the attributes?
+        acc = judge.attribute_accuracy(referee, torch.cat(recs), y)
+        row["attribute_balanced_accuracy"], row["attribute_mean"] = acc, sum(acc.values()) / len(acc)
+        print(f"          the judge finds the input's attributes kept: {row['attribute_mean']:.3f} mean balanced "
+              f"accuracy ({', '.join(f'{k} {v:.2f}' for k, v in acc.items())})")
+    return row
 
 
 def probe(model, ck, args):
     """A logistic-regression probe on z_sem: trained on encoded training images, scored on held-out ones."""
-    import classifier
-    import data
-    tc = ck["config"]["train"]
-    tr = data.make_dataset(tc["data"], tc["res"], data_dir=tc.get("data_dir"), split="train", seed=tc.get("seed", 0))
-    te = data.make_dataset(tc["data"], tc["res"], data_dir=tc.get("data_dir"), split="test", seed=tc.get("seed", 0))
-    (Xtr, Ytr), (Xte, Yte) = tr.tensors(), te.tensors()
-    Xtr, Ytr = Xtr[:args.probe_train], Ytr[:args.probe_train]
+    tr, te = codes.dataset_of(ck, args.src, "train"), codes.dataset_of(ck, args.src, "test")
+    Xtr, Ytr = codes.items(tr, torch.arange(min(args.probe_train, len(tr))))
+    Xte, Yte = codes.items(te, torch.arange(len(te)))
 
     def score(m):
-        with torch.inference_mode():
-            ztr = torch.cat([m.encode(b.to(args.device)).cpu() for b in Xtr.split(256)])
-            zte = torch.cat([m.encode(b.to(args.device)).cpu() for b in Xte.split(256)])
-        return classifier.probe_accuracy(ztr, Ytr, zte, Yte)
+        return classifier.probe_accuracy(codes.encode_all(m, Xtr, 256, args.device), Ytr,
+                                         codes.encode_all(m, Xte, 256, args.device), Yte)
 
     res = score(model)
     res["attributes"] = list(tr.attr_names)
     # the control: the same probe on an untrained encoder of the same architecture. Random conv
-    # features already separate simple attributes linearly (toyfaces: ~0.93), so a probe score
-    # means something only beside this one.
+    # features already separate simple attributes linearly, so a probe score means something only beside it.
     torch.manual_seed(0)
     fresh = checkpoint.make_model({"kind": ck["kind"], "config": ck["config"]}).to(args.device).eval()
     control = score(fresh)
@@ -240,138 +197,55 @@ def probe(model, ck, args):
 
 # --- the semantic latent space (Diff-AE §5.3, §5.6, §5.7) -------------------------------------
 
-def training_codes(model, ck, args, n=None):
-    """z_sem of the checkpoint's training images with their labels (attributes or a --labels CSV)."""
-    import data
-    tc = ck["config"].get("train", {})
-    name = args.data or tc.get("data")
-    if name is None:
-        cli.usage_error(("this checkpoint does not record its dataset; pass --data NAME [--data-dir DIR]"))
-    try:
-        ds = data.make_dataset(name, tc.get("res") or ck["config"]["unet"]["res"],
-                               data_dir=args.data_dir or tc.get("data_dir"), split="train", seed=tc.get("seed", 0))
-        if args.labels_csv:
-            ds = data.with_labels(ds, args.labels_csv)
-    except data.DatasetError as e:
-        cli.usage_error((str(e)))
-    n = min(n or 5000, len(ds))  # 5000 codes make a stable direction (App. A.2) in seconds
-    g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(ds), generator=g)[:n]
-    if hasattr(ds, "tensors") and not args.labels_csv:
-        X, Y = ds.tensors()
-        X, Y = X[idx], Y[idx]
-    else:
-        items = [ds[int(i)] for i in idx]
-        X, Y = torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
-    with torch.inference_mode():
-        z = torch.cat([model.encode(b.to(args.device)).float().cpu() for b in X.split(args.batch_size)])
-    return z, Y, list(ds.attr_names)
-
-
-def attribute_index(names, attr):
-    if attr not in names:
-        cli.usage_error((f"unknown --attr {attr!r}; this dataset's labels are: {', '.join(names) or '(none)'}; "
-                               f"give your own with --labels-csv FILE (columns: file,label1,...)"))
-    return names.index(attr)
-
-
 def direction_for(model, ck, args):
-    """The attribute's direction in normalised z space (App. A.2), trained once and cached beside the checkpoint."""
-    import classifier
-    path = direction_cache(ck, args)
-    if os.path.exists(path):
-        c = torch.load(path, weights_only=True)
-        return c["direction"], c["mean"], c["std"]
-    z, y, names = training_codes(model, ck, args)
-    col = y[:, attribute_index(names, args.attr)]
-    if getattr(model, "latent", None) is not None:  # the autoencoder's own code statistics, as the official code
-        mean, std = model.latent.mean.detach().float().cpu(), model.latent.std.detach().float().cpu()
-    else:  # the training set's codes (the labelled set where a --labels-csv names other images)
-        mean, std = classifier.code_stats(z)
-    zn = classifier.normalize(z, mean, std)
-    binary = bool(torch.all((col == 0) | (col == 1)))
-    if len(col.unique()) < 2:
-        cli.usage_error(f"every training image has {args.attr} = {float(col[0]):g}: no direction separates one class; "
-                        f"use labels with both values")
-    # a binary label gets logistic regression; a continuous one (head pose, age) a ridge regression
-    probe = (classifier.fit_logistic(zn, col[:, None], weight_decay=args.direction_l2) if binary
-             else classifier.fit_linear_regression(zn, col[:, None]))
-    direction = classifier.attribute_direction(probe)
-    checkpoint.save(path, {"direction": direction, "mean": mean, "std": std, "binary": binary, "n": len(z)})
-    print(f"trained a {'logistic' if binary else 'linear'} probe for {args.attr} on {len(z)} codes; cached at {path}")
-    return direction, mean, std
-
-
-def direction_cache(ck, args):
-    """Where a direction is cached: keyed by the data (or the labels file's contents), the attribute,
-    the probe's L2 strength and the checkpoint's weights, so nothing stale is ever reused."""
-    import hashlib
-    import pdae
-    if args.labels_csv:
-        try:
-            with open(args.labels_csv, "rb") as f:
-                tag = f"{os.path.splitext(os.path.basename(args.labels_csv))[0]}-{hashlib.sha256(f.read()).hexdigest()[:10]}"
-        except OSError as e:
-            cli.usage_error(f"--labels-csv {args.labels_csv}: {e.strerror}; give a CSV with columns file,label1,...")
-    else:
-        tag = args.data or ck["config"].get("train", {}).get("data")
-    weights = pdae.weights_sha256(ck.get("ema") or ck["model"])[:10]
-    return os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "directions",
-                        f"{tag}_{args.attr}_wd{args.direction_l2:g}_{weights}.pt")
+    return codes.direction_for(model, ck, args.ckpt, args.attr, args.src, args.direction_l2, args.seed,
+                               args.batch_size, args.device)
 
 
 def cmd_manipulate(kind, model, d, ck, args):
     """Diff-AE §5.3 / Fig. 5: move z_sem along an attribute direction, decode with the image's own x_T."""
-    import classifier
     if kind == "ddim":
-        cli.usage_error(("manipulate needs a semantic code: use a Diff-AE or PDAE checkpoint"))
+        cli.usage_error("manipulate needs a semantic code: use a Diff-AE or PDAE checkpoint")
     direction, mean, std = direction_for(model, ck, args)
-    scales = list(args.scale)
     x, y, names = held_out(ck, args.n, args)
     if args.measure:
-        return measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales)
+        return measure_manipulation(kind, model, d, args, (x, y, names), (direction, mean, std))
     x = x.to(args.device)
     with torch.inference_mode():
         z, x_T = encode(kind, model, d, x, args.invert_steps)
         outs = [decode(kind, model, d, classifier.manipulate(z, direction.to(z), s, mean.to(z), std.to(z)), x_T, args.steps)
-                for s in scales]
+                for s in args.scale]
     rows = [torch.cat([x[i:i + 1]] + [o[i:i + 1] for o in outs]) for i in range(len(x))]
     path = save_grid(os.path.join(args.out, f"manipulate_{args.attr}_T{args.steps}.png"), rows)
-    print(f"wrote {path}: each row = input, then scales {scales} along {args.attr} "
+    print(f"wrote {path}: each row = input, then scales {args.scale} along {args.attr} "
           f"(x_T inverted in {args.invert_steps} steps, decoded in {args.steps})")
 
 
-def measure_manipulation(kind, model, d, ck, args, direction, mean, std, scales):
-    """Does adding the attribute flip images that lacked it, and leave the others alone? (judged by the toyfaces judge)"""
-    import classifier
-    import metrics
-    x, y, names = held_out(ck, args.n, args)
-    judge = metrics.attribute_judge(x.shape[-1])
-    a = attribute_index(names, args.attr)
-    before = metrics.judge_apply(judge, x, judge) > 0
-    sel = (y[:, a] == 0) if scales[-1] > 0 else (y[:, a] == 1)  # images that lack what we add (or have what we remove)
-    xs = x[sel]
+def measure_manipulation(kind, model, d, args, held, code_dir):
+    """Does adding the attribute flip images that lacked it, and leave the others alone? (the toyfaces judge)"""
+    (x, y, names), (direction, mean, std) = held, code_dir
+    referee = toyfaces_judge(names, x.shape[-1], "--measure")
+    if referee is None:
+        cli.usage_error("--measure counts flips with the toyfaces judge; on this dataset, look at the grid instead (drop --measure)")
+    a = codes.attribute_index(names, args.attr)
+    before = judge.judge_apply(referee, x, referee) > 0
+    sel = (y[:, a] == 0) if args.scale[-1] > 0 else (y[:, a] == 1)  # images that lack what we add (or have what we remove)
     res = {"attr": args.attr, "n_images": int(sel.sum()), "rows": []}
-    for s in scales:
+    for s in args.scale:
         outs = []
         with torch.inference_mode():
-            for xb in xs.split(args.batch_size):
-                xb = xb.to(args.device)
-                z, x_T = encode(kind, model, d, xb, args.invert_steps)
-                outs.append(decode(kind, model, d, classifier.manipulate(z, direction.to(z), s, mean.to(z), std.to(z)),
-                                   x_T, args.steps).cpu())
-        after = metrics.judge_apply(judge, torch.cat(outs), judge) > 0
+            for xb in x[sel].split(args.batch_size):
+                z, x_T = encode(kind, model, d, xb.to(args.device), args.invert_steps)
+                moved = classifier.manipulate(z, direction.to(z), s, mean.to(z), std.to(z))
+                outs.append(decode(kind, model, d, moved, x_T, args.steps).float().cpu())
+        after = judge.judge_apply(referee, torch.cat(outs), referee) > 0
         flipped = (after[:, a] != before[sel][:, a]).float().mean().item()
-        others = [i for i in range(len(names)) if i != a]
-        changed = {names[i]: (after[:, i] != before[sel][:, i]).float().mean().item() for i in others}
-        res["rows"].append({"scale": s, "flipped": flipped, "other_changed": changed,
-                            "max_other_changed": max(changed.values())})
-        print(f"scale {s:+.2f}: {args.attr} flipped on {flipped:.1%} of {len(xs)} images; "
+        changed = {names[i]: (after[:, i] != before[sel][:, i]).float().mean().item() for i in range(len(names)) if i != a}
+        res["rows"].append({"scale": s, "flipped": flipped, "other_changed": changed, "max_other_changed": max(changed.values())})
+        print(f"scale {s:+.2f}: {args.attr} flipped on {flipped:.1%} of {int(sel.sum())} images; "
               f"other attributes changed on at most {max(changed.values()):.1%}")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"manipulate_{args.attr}.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1)
+    write_json(path, res)
     print(f"wrote {path}")
 
 
@@ -384,6 +258,8 @@ def cmd_sample(kind, model, d, ck, args):
 
 def generate(kind, model, d, n, args, z=None):
     """n images: the DDIM baseline from noise, or an autoencoder decoding z (default: from its latent DDIM)."""
+    if kind != "ddim" and z is None and model.latent is None:
+        cli.usage_error("this checkpoint has no latent DDIM; train one with python train.py --model latent --ckpt THIS.pt")
     g = torch.Generator().manual_seed(args.seed)
     outs = []
     with torch.inference_mode():
@@ -391,29 +267,28 @@ def generate(kind, model, d, n, args, z=None):
             m = min(args.batch_size, n - i)
             x_T = torch.randn((m, 3, args.res, args.res), generator=g).to(args.device)
             if kind == "ddim":
-                outs.append(decode(kind, model, d, None, x_T, args.steps).cpu())
+                outs.append(decode(kind, model, d, None, x_T, args.steps).float().cpu())
                 continue
-            if z is None and model.latent is None:
-                cli.usage_error(("this checkpoint has no latent DDIM; train one with "
-                                       "python train.py --model latent --ckpt THIS.pt"))
-            zi = z[i:i + m].to(args.device) if z is not None else model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device)
+            zi = z[i:i + m].to(args.device) if z is not None else \
+                model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device)
             if kind == "pdae" and z is None:  # PDAE §4.8: no shift in the last 30% of steps for sampled z
-                outs.append(model.decode(zi, x_T, args.steps, shift_until=0.3).cpu())
+                outs.append(model.decode(zi, x_T, args.steps, shift_until=0.3).float().cpu())
             else:
-                outs.append(decode(kind, model, d, zi, x_T, args.steps).cpu())
+                outs.append(decode(kind, model, d, zi, x_T, args.steps).float().cpu())
     return torch.cat(outs)
 
 
 def cmd_conditional(kind, model, d, ck, args):
     """Diff-AE §5.6 / Table 3: few-shot conditional sampling by rejection on a linear classifier of z_sem."""
-    import classifier
     if kind == "ddim" or model.latent is None:
-        cli.usage_error(("conditional needs an autoencoder with a latent DDIM (train.py --model latent)"))
-    z, y, names = training_codes(model, ck, args, n=10_100)
-    a = attribute_index(names, args.attr)
+        cli.usage_error("conditional needs an autoencoder with a latent DDIM (train.py --model latent)")
+    z, y, names = codes.training_codes(model, ck, args.src, 10_100, args.seed, args.batch_size, args.device)
+    a = codes.attribute_index(names, args.attr)
+    if not bool(torch.all((y[:, a] == 0) | (y[:, a] == 1))):
+        cli.usage_error(f"conditional needs a binary label (0/1); {args.attr} takes other values: "
+                        f"use manipulate for a continuous one")
     g = torch.Generator().manual_seed(args.seed)
-    pos = torch.nonzero(y[:, a] == 1).flatten()
-    neg = torch.nonzero(y[:, a] == 0).flatten()
+    pos, neg = torch.nonzero(y[:, a] == 1).flatten(), torch.nonzero(y[:, a] == 0).flatten()
     pos, neg = pos[torch.randperm(len(pos), generator=g)], neg[torch.randperm(len(neg), generator=g)]
     mean, std = model.latent.mean.cpu(), model.latent.std.cpu()  # the training codes' statistics (App. A.2)
     zn = classifier.normalize(z, mean, std)
@@ -421,25 +296,21 @@ def cmd_conditional(kind, model, d, ck, args):
         sel = torch.cat([pos[:50], neg[:50]])
         probe = classifier.fit_logistic(zn[sel], y[sel, a:a + 1])
     else:  # Table 3 PU: 100 positives + 10k unlabelled (drawn from everything, positives included)
-        unl = torch.randperm(len(z), generator=g)[:10_000]
-        probe = classifier.fit_pu(zn[pos[:100]], zn[unl])
+        probe = classifier.fit_pu(zn[pos[:100]], zn[torch.randperm(len(z), generator=g)[:10_000]])
     prob_fn = lambda zz: torch.sigmoid(probe(classifier.normalize(zz.cpu(), mean, std)))[:, 0]
     sample_fn = lambda m: model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device).cpu()
     with torch.inference_mode():
         zs, stats = classifier.rejection_sample(sample_fn, prob_fn, args.n, generator=g)
     x = generate(kind, model, d, args.n, args, z=zs)
     res = {"attr": args.attr, "labels": args.labels, "n": args.n, "rejection": stats}
-    if names and set(names) <= set(__import__("data").ToyFaces.ATTRIBUTES):
-        import metrics
-        judge = metrics.attribute_judge(x.shape[-1])
-        hit = (metrics.judge_apply(judge, x, judge)[:, judge.attributes.index(args.attr)] > 0).float().mean().item()
-        res["fraction_with_attr"] = hit
-        res["base_rate"] = float(y[:, a].mean())
+    referee = toyfaces_judge(names, x.shape[-1], "the attribute rate of the samples")
+    if referee is not None:
+        hit = (judge.judge_apply(referee, x, referee)[:, referee.attributes.index(args.attr)] > 0).float().mean().item()
+        res["fraction_with_attr"], res["base_rate"] = hit, float(y[:, a].mean())
         print(f"{hit:.1%} of {args.n} conditional samples carry {args.attr} (base rate {res['base_rate']:.1%})")
     path = save_grid(os.path.join(args.out, f"conditional_{args.attr}_{args.labels}_T{args.steps}.png"),
                      list(x.split(args.frames + 1)))
-    with open(os.path.join(args.out, f"conditional_{args.attr}_{args.labels}.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    write_json(os.path.join(args.out, f"conditional_{args.attr}_{args.labels}.json"), res)
     print(f"wrote {path}")
 
 
@@ -449,36 +320,38 @@ def cmd_eval_samples(kind, model, d, ck, args):
     The toy Frechet distance compares features of the toyfaces attribute judge, not Inception's:
     Inception features know nothing about toyfaces and cannot be downloaded here. It is only
     comparable between runs that use the same judge. Attribute rates of the samples are compared
-    with the held-out data's, as the judge sees both.
+    with the held-out data's, as the judge sees both. On another dataset only FID is reported.
     """
-    import metrics
     real, _, names = held_out(ck, args.n, args)
-    judge = metrics.attribute_judge(real.shape[-1])
-    real_rates = (metrics.judge_apply(judge, real, judge) > 0).float().mean(0)
+    referee = toyfaces_judge(names, real.shape[-1], "toy FD and attribute rates")
     results = {"checkpoint": args.ckpt, "kind": kind, "n": len(real), "rows": []}
+    if referee is not None:
+        real_rates = (judge.judge_apply(referee, real, referee) > 0).float().mean(0)
+        results["data_attribute_rates"] = dict(zip(referee.attributes, real_rates.tolist()))
+    path = os.path.join(args.out, "eval_samples.json")
     for steps in args.T:
         args.steps = steps
         t0 = time.time()
         fake = generate(kind, model, d, len(real), args)
-        rates = (metrics.judge_apply(judge, fake, judge) > 0).float().mean(0)
-        row = {"T": steps, "toy_fd": metrics.toy_frechet_distance(fake, real, judge),
-               "attribute_rates": dict(zip(judge.attributes, rates.tolist())),
-               "max_rate_gap": float((rates - real_rates).abs().max()), "seconds": round(time.time() - t0, 1)}
+        row = {"T": steps}
+        if referee is not None:
+            rates = (judge.judge_apply(referee, fake, referee) > 0).float().mean(0)
+            row.update(toy_fd=judge.toy_frechet_distance(fake, real, referee), attribute_rates=dict(zip(referee.attributes, rates.tolist())),
+                       max_rate_gap=float((rates - real_rates).abs().max()))
         try:
             row["fid"] = metrics.fid(fake, real)
-        except ImportError:
-            pass
+        except ImportError as e:
+            row["fid"] = None
+            if referee is None:
+                print(f"FID: skipped ({e})")
+        row["seconds"] = round(time.time() - t0, 1)
         results["rows"].append(row)
-        print(f"T={steps:<4d} toy FD {row['toy_fd']:.3f}  max |rate - data rate| {row['max_rate_gap']:.3f}"
-              + (f"  FID {row['fid']:.2f}" if "fid" in row else "") + f"  ({row['seconds']}s)", flush=True)
-        # each rate is a fraction of n images on both sides: its standard error is ~0.5/sqrt(n)
-        print("       rates, samples / data: " + ", ".join(f"{a} {r:.2f}/{q:.2f}" for a, r, q in
-                                                      zip(judge.attributes, rates.tolist(), real_rates.tolist())), flush=True)
-    results["data_attribute_rates"] = dict(zip(judge.attributes, real_rates.tolist()))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "eval_samples.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+        write_json(path, results)
+        print(f"T={steps:<4d}" + (f" toy FD {row['toy_fd']:.3f}  max |rate - data rate| {row['max_rate_gap']:.3f}" if referee else "")
+              + (f"  FID {row['fid']:.2f}" if row["fid"] is not None else "") + f"  ({row['seconds']}s)", flush=True)
+        if referee is not None:  # each rate is a fraction of n images on both sides: its standard error is ~0.5/sqrt(n)
+            print("       rates, samples / data: " + ", ".join(f"{a} {r:.2f}/{q:.2f}" for a, r, q in
+                                                          zip(referee.attributes, rates.tolist(), real_rates.tolist())), flush=True)
     print(f"wrote {path}")
 
 
@@ -488,9 +361,8 @@ def cmd_gap(kind, model, d, ck, args):
     For a Diff-AE checkpoint the same measure compares the decoder given each image's own z_sem
     with the decoder given another image's: how much of the gap z_sem closes at each noise level.
     """
-    import pdae
     if kind not in ("pdae", "diffae"):
-        cli.usage_error(("gap compares two posterior means: pass a --model pdae or diffae checkpoint"))
+        cli.usage_error("gap compares two posterior means: pass a --model pdae or diffae checkpoint")
     curves = ("pretrained", "pdae") if kind == "pdae" else ("other_z", "own_z")
     labels = {"pretrained": "pre-trained DPM", "pdae": "PDAE", "other_z": "another image's z_sem", "own_z": "own z_sem"}
     x, _, _ = held_out(ck, args.n, args)
@@ -532,7 +404,6 @@ def cmd_gap(kind, model, d, ck, args):
 
 def cmd_denoise_one_step(kind, model, d, ck, args):
     """PDAE Fig. 5 left: x0 predicted from x_t in one step by the pre-trained DPM and by PDAE."""
-    import pdae
     require_pdae(kind, "denoise-one-step")
     x, _, _ = held_out(ck, args.n, args)
     x = x.to(args.device)
@@ -565,7 +436,6 @@ def cmd_reconstruct_ddpm(kind, model, d, ck, args):
 
 def cmd_interpolate_g(kind, model, d, ck, args):
     """PDAE Fig. 7: per pair, row 1 guides by G(x_t, Lerp(z1, z2)), row 2 by Lerp(G(x_t, z1), G(x_t, z2))."""
-    from diffusion import lerp, slerp
     require_pdae(kind, "interpolate-g")
     x, _, _ = held_out(ck, 2 * args.n, args)
     x = x.to(args.device)
@@ -589,12 +459,11 @@ def cmd_interpolate_g(kind, model, d, ck, args):
 
 def cmd_guidance(kind, model, d, ck, args):
     """PDAE Fig. 9: scale G by 0, 0.5, ..., 3 (truncation-like effect); labels y for a label-conditioned PDAE."""
-    import pdae
     require_pdae(kind, "guidance")
     x, y, _ = held_out(ck, args.n, args)
     label = isinstance(model.encoder, pdae.LabelEmbedding)
     if label and y.shape[1] != model.encoder.n_labels:
-        cli.usage_error((f"this PDAE is conditioned on {model.encoder.n_labels} labels; the held-out data has {y.shape[1]}"))
+        cli.usage_error(f"this PDAE is conditioned on {model.encoder.n_labels} labels; the held-out data has {y.shape[1]}")
     scales = [0.5 * i for i in range(7)]
     x = x.to(args.device)
     with torch.inference_mode():
@@ -605,13 +474,6 @@ def cmd_guidance(kind, model, d, ck, args):
     path = save_grid(os.path.join(args.out, f"guidance_T{args.steps}.png"), rows)
     print(f"wrote {path}: each row = the image whose {'labels' if label else 'z'} guide, then DDIM from one random "
           f"x_T with G scaled by {scales}")
-
-
-COMMANDS = {"reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "vary": cmd_vary,
-            "manipulate": cmd_manipulate, "sample": cmd_sample, "conditional": cmd_conditional,
-            "predict-x0": cmd_predict_x0, "eval": cmd_eval, "eval-samples": cmd_eval_samples,
-            "gap": cmd_gap, "denoise-one-step": cmd_denoise_one_step, "reconstruct-ddpm": cmd_reconstruct_ddpm,
-            "interpolate-g": cmd_interpolate_g, "guidance": cmd_guidance}
 
 
 # --- the command line: one subparser per figure, each with only its own flags ------------------
@@ -660,7 +522,8 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
 }
 SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu or cuda (default: cuda when available)"),
           "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),
-          "amp": (cli.one_of("auto", "bf16", "fp16", "off"), "auto", "CUDA autocast for the networks: auto, bf16, fp16 or off (samplers stay float32)"),
+          "amp": (cli.one_of(*cli.AMP_CHOICES), "auto", "autocast of the networks, as train.py's: auto (bf16 on CUDA and on a CPU with "
+                                                  "native bf16), bf16, fp16 or off (float32); samplers stay float32"),
           "grid": (cli.one_of("diffae", "pdae"), None, "sampler timesteps: diffae, or pdae (PDAE's linspace(0, 999, N+1), the image at "
                               "timestep 0); default: the checkpoint's (pdae for imported PDAE models)")}
 
@@ -701,8 +564,10 @@ def parse_args(argv):
     return args
 
 
+@cli.entry
 def main(argv=None):
     args = parse_args(argv)
+    args.src = codes.Source(args.data, args.data_dir, args.images, args.labels_csv)
     args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
     args.n = args.n or (256 if args.command in ("eval", "eval-samples") else 8)
     args.device = cli.pick_device(args.device)
@@ -725,15 +590,14 @@ def main(argv=None):
             cli.usage_error(f"{name} {max(v)}: this model has T = {d.T} timesteps; use at most {d.T}")
     args.res = ck["config"].get("train", {}).get("res") or ck["config"]["unet"]["res"]
     if args.out is None:  # beside our checkpoints; released ones get a folder of their own under runs/
-        name = ck["config"]["train"].get("name") or os.path.splitext(os.path.basename(args.ckpt))[0]
+        name = ck["config"].get("train", {}).get("name") or os.path.splitext(os.path.basename(args.ckpt))[0]
         args.out = (os.path.join("runs", "samples", name) if official
                     else os.path.dirname(os.path.abspath(args.ckpt)))
     model = checkpoint.build(ck).to(args.device)
-    amp = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
-    use_amp = args.device.type == "cuda" and amp is not None
+    amp = cli.autocast_dtype(args.device, args.amp)
     if args.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    with torch.autocast(args.device.type, dtype=amp or torch.float32, enabled=use_amp):
+    with torch.autocast(args.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         COMMANDS[args.command][0](ck["kind"], model, d, ck, args)
     return 0
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import pdae  # noqa: E402
 from diffusion import Diffusion  # noqa: E402
-from sample import save_grid  # noqa: E402
+from plot import save_grid  # noqa: E402
 
 
 def noising(args):

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import checkpoint
+import presets
 import train
 from diffusion import Diffusion
+from objective import Objective, t_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # float32: these compare two arithmetic paths, which bf16 rounding would blur (bf16 has its own test)
@@ -22,14 +24,14 @@ def tiny_objective(seed, grad_checkpoint=False):
     """A tiny16 Diff-AE loss module and one batch, all seeded."""
     torch.manual_seed(seed)
     d = Diffusion()
-    unet_cfg, enc_cfg = train.model_configs("diffae", train.PRESETS["tiny16"], 16, d)
+    unet_cfg, enc_cfg = presets.model_configs("diffae", presets.PRESETS["tiny16"], 16, d)
     unet_cfg.grad_checkpoint = grad_checkpoint
     model = checkpoint.make_model({"kind": "diffae", "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg),
                                                                      diffusion={"T": 1000, "schedule": "linear"})})
     g = torch.Generator().manual_seed(seed + 1)
     batch = (torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.zeros(4, 0),
              torch.randint(0, 1000, (4,), generator=g), torch.randn(4, 3, 16, 16, generator=g))
-    return train.Objective("diffae", model.train(), d, train.t_weights("pdae", d)), batch
+    return Objective("diffae", model.train(), d, t_weights("snr", d)), batch
 
 
 def grads(obj, batch, **autocast):

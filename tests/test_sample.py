@@ -9,6 +9,7 @@ import torch
 
 import checkpoint
 import classifier
+import codes
 import sample
 import train
 from data import ToyFaces
@@ -63,10 +64,10 @@ def test_gap_for_diffae_compares_own_and_another_z(ckpts):
 
 @pytest.fixture
 def quick_judge(monkeypatch):
-    """An untrained judge: these tests check the plumbing, not the judge (tests/test_metrics.py does)."""
-    import metrics
+    """An untrained judge: these tests check the plumbing, not the judge (tests/test_judge.py does)."""
+    import judge
     torch.manual_seed(0)
-    monkeypatch.setattr(metrics, "attribute_judge", lambda res, **kw: metrics.AttributeNet(work_res=16, attributes=ToyFaces.ATTRIBUTES).eval())
+    monkeypatch.setattr(judge, "attribute_judge", lambda res, **kw: judge.AttributeNet(work_res=16, attributes=ToyFaces.ATTRIBUTES).eval())
 
 
 def test_sample_quality_rows(ckpts, quick_judge):
@@ -94,7 +95,7 @@ def test_conditional_and_measured_manipulation(ckpts, quick_judge, labels):
 def test_eval_writes_table2_rows(ckpts):
     out = ckpts / "eval"
     assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--T", "2,3", "--n", "4", "--out", str(out),
-                        "--no-judge", "--probe-train", "64"]) == 0
+                        "--no-judge", "--probe-train", "64", "--amp", "off"]) == 0  # float32, as the probe below
     res = json.load(open(out / "eval.json"))
     assert [(r["T"], r["x_T"]) for r in res["rows"]] == [(2, "inferred"), (2, "random"), (3, "inferred"), (3, "random")]
     assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 for r in res["rows"])
@@ -103,7 +104,7 @@ def test_eval_writes_table2_rows(ckpts):
     control = res["probe"]["untrained_encoder"]
     assert 0 <= control["mean"] <= 1 and len(control["per_attribute"]) == len(res["probe"]["per_attribute"])
     ck = checkpoint.load(ckpts / "ae" / "ckpt.pt")
-    args = types.SimpleNamespace(probe_train=64, device=torch.device("cpu"))
+    args = types.SimpleNamespace(probe_train=64, device=torch.device("cpu"), src=codes.Source())
     torch.manual_seed(123)
     fresh = checkpoint.make_model({"kind": ck["kind"], "config": ck["config"]}).eval()  # another random init
     assert sample.probe(fresh, ck, args)["untrained_encoder"] == control
@@ -112,7 +113,7 @@ def test_eval_writes_table2_rows(ckpts):
     assert [r["x_T"] for r in json.load(open(ckpts / "eval_ddim" / "eval.json"))["rows"]] == ["inferred"]
     # --x-T inferred: the same inferred rows alone (a learning curve needs no random-x_T decodings)
     assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--T", "2,3", "--n", "4", "--out",
-                        str(ckpts / "eval_inf"), "--x-T", "inferred", "--no-probe"]) == 0
+                        str(ckpts / "eval_inf"), "--x-T", "inferred", "--no-probe", "--amp", "off"]) == 0
     inf = json.load(open(ckpts / "eval_inf" / "eval.json"))["rows"]
     assert [(r["T"], r["x_T"], r["mse"]) for r in inf] == [(r["T"], r["x_T"], r["mse"]) for r in res["rows"][::2]]
     with pytest.raises(SystemExit) as e:
@@ -126,9 +127,9 @@ def test_manipulation_with_scale_zero_is_the_plain_reconstruction(ckpts):
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     direction = torch.nn.functional.normalize(torch.randn(model.latent.mean.shape[0]), dim=0)
     with torch.inference_mode():
-        z, x_T = sample.encode("diffae", model, d, x, 4)
+        z, x_T = codes.encode("diffae", model, d, x, 4)
         moved = classifier.manipulate(z, direction, 0.0, model.latent.mean, model.latent.std)
-        assert torch.equal(sample.decode("diffae", model, d, moved, x_T, 4), model.reconstruct(x, 4))
+        assert torch.equal(codes.decode("diffae", model, d, moved, x_T, 4), model.reconstruct(x, 4))
 
 
 def test_direction_is_cached_per_l2_strength(ckpts):
@@ -195,14 +196,14 @@ def test_direction_cache_is_keyed_by_the_weights(ckpts, tmp_path):
     """A further-trained model never reuses a stale direction: other weights, another cache file."""
     lat = checkpoint.load(ckpts / "lat" / "ckpt.pt")
     moved = dict(lat, ema={k: v + 1e-3 if v.is_floating_point() else v for k, v in lat["ema"].items()})
-    args = types.SimpleNamespace(labels_csv=None, data=None, attr="Beard", direction_l2=0.1, ckpt=str(tmp_path / "c.pt"))
-    assert sample.direction_cache(lat, args) != sample.direction_cache(moved, args)
-    assert sample.direction_cache(lat, args) == sample.direction_cache(dict(lat), args)
+    cache = lambda ck, src: codes.direction_cache(ck, str(tmp_path / "c.pt"), "Beard", src, 0.1)
+    assert cache(lat, codes.Source()) != cache(moved, codes.Source())
+    assert cache(lat, codes.Source()) == cache(dict(lat), codes.Source())
     csv = tmp_path / "labels.csv"
     csv.write_text("file,Beard\na.png,1\n")
-    one = sample.direction_cache(lat, types.SimpleNamespace(**{**vars(args), "labels_csv": str(csv)}))
+    one = cache(lat, codes.Source(labels_csv=str(csv)))
     csv.write_text("file,Beard\na.png,0\n")
-    assert one != sample.direction_cache(lat, types.SimpleNamespace(**{**vars(args), "labels_csv": str(csv)}))
+    assert one != cache(lat, codes.Source(labels_csv=str(csv)))
 
 
 @pytest.mark.parametrize("content, says", [(None, "cannot read"), (b"\xff\xfe\x00\x89PNG\x00\xff", "not a text CSV"),
@@ -249,7 +250,7 @@ def test_eval_reports_lpips_where_the_package_is_installed(ckpts, monkeypatch, c
 
 def test_manipulate_inverts_with_invert_steps_and_renders_with_steps(ckpts, monkeypatch):
     seen = {"encode": [], "decode": []}
-    encode, decode = sample.encode, sample.decode
+    encode, decode = codes.encode, codes.decode
     monkeypatch.setattr(sample, "encode", lambda k, m, d, x, steps: seen["encode"].append(steps) or encode(k, m, d, x, steps))
     monkeypatch.setattr(sample, "decode", lambda k, m, d, z, x, steps: seen["decode"].append(steps) or decode(k, m, d, z, x, steps))
     lat, out = str(ckpts / "lat" / "ckpt.pt"), ckpts / "inv"
