@@ -60,8 +60,9 @@ def official_model(path, kind, p, res):
     try:
         from model.unet import BeatGANsUNetConfig
         from model.unet_autoenc import BeatGANsAutoencConfig
-    except ImportError as e:
-        cli.usage_error(f"cannot import the official model from {path} ({e}); pass a checkout of github.com/phizaz/diffae")
+    except Exception as e:  # not a checkout, a broken one, or one missing its own dependencies
+        cli.usage_error(f"cannot import the official model from {path} ({type(e).__name__}: {e}); "
+                        f"pass a checkout of github.com/phizaz/diffae with its requirements installed")
     common = dict(image_size=res, in_channels=3, model_channels=p["ch"], out_channels=3, num_res_blocks=p["num_res_blocks"],
                   embed_channels=p["embed_dim"], attention_resolutions=tuple(p["attn_res"]), dropout=p["dropout"],
                   channel_mult=tuple(p["ch_mult"]), resblock_updown=True, num_heads=1)

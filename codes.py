@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+import align
 import checkpoint
 import classifier
 import cli
@@ -58,6 +59,7 @@ class Source:
     data_dir: str = None
     images: list = None
     labels_csv: str = None
+    align: bool = False  # FFHQ-align src.images first (align.py), as the released face models expect
 
 
 def resolution(ck):
@@ -94,14 +96,23 @@ def items(ds, idx):
 def held_out(ck, n, src):
     """n held-out images with their labels and label names, or the user's src.images (no labels)."""
     if src.images:
-        try:
-            x = torch.stack([data.square_resize(data.load_rgb(f), resolution(ck)) for f in src.images])
-        except (OSError, data.DatasetError) as e:
-            cli.usage_error(f"cannot read --images: {e}")
-        return x, torch.zeros(len(x), 0), []
+        return user_images(ck, src), torch.zeros(len(src.images), 0), []
     ds = dataset_of(ck, src, "test")
     x, y = items(ds, torch.arange(min(n, len(ds))))
     return x, y, list(ds.attr_names)
+
+
+def user_images(ck, src):
+    """The user's photos at the model's resolution: FFHQ-aligned with src.align, else centre-cropped."""
+    res = resolution(ck)
+    try:
+        if src.align:
+            return torch.stack([data.square_resize(align.align_face(f, res), res) for f in src.images])
+        if ck["config"].get("train", {}).get("source") == "official":
+            print("note: the released models were trained on aligned faces; pass --align (or python align.py) for a photo")
+        return torch.stack([data.square_resize(data.load_rgb(f), res) for f in src.images])
+    except (OSError, data.DatasetError, align.AlignError) as e:
+        cli.usage_error(f"cannot read --images: {e}")
 
 
 def encode_all(model, x, batch_size, device):
@@ -169,3 +180,40 @@ def direction_cache(ck, ckpt_path, attr, src, l2):
         tag = src.data or ck["config"].get("train", {}).get("data")
     weights = weights_sha256(ck.get("ema") or ck["model"])[:10]
     return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "directions", f"{tag}_{attr}_wd{l2:g}_{weights}.pt")
+
+
+# --- is z_sem used? a label-free diagnosis ---------------------------------------------------------
+
+def z_usage(model, d, x, steps=20, seed=0):
+    """Two label-free measures of how much the decoder relies on z_sem, for images x (at least two):
+
+    gap_ratio: the posterior-mean gap (PDAE §4.2) of the decoder given each image's own z_sem, over the
+        gap given another image's, averaged over `steps` timesteps: 1 when z_sem is ignored, below 1 as
+        it helps denoise its own image.
+    agreement: 1 - (distance between decodings of one z_sem from two random x_T) / (distance between
+        decodings of two images' z_sem): 0 when z_sem is ignored, 1 when it alone decides the image.
+    """
+    import pdae
+    g = torch.Generator().manual_seed(seed)
+    z = model.encode(x)
+    other = z.roll(1, 0)  # image i with image i-1's code
+    ts = d.respace(min(steps, d.T)).tolist()
+    state = g.get_state()
+    own = pdae.posterior_mean_gap(None, model.eps_fn(z), d, x, ts, generator=g)["pretrained"]
+    g.set_state(state)  # the same x_t for both
+    theirs = pdae.posterior_mean_gap(None, model.eps_fn(other), d, x, ts, generator=g)["pretrained"]
+    x_a, x_b = (torch.randn(x.shape, generator=g).to(x.device) for _ in range(2))
+    a, b, c = (d.ddim_sample(model.eps_fn(zz), xx, steps).float() for zz, xx in ((z, x_a), (z, x_b), (other, x_b)))
+    same, different = float((a - b).square().mean()), float((a - c).square().mean())
+    return {"gap_ratio": sum(o / max(t, 1e-12) for o, t in zip(own, theirs)) / len(ts),
+            "agreement": 1 - same / max(different, 1e-12), "t": ts, "gap_own": own, "gap_other": theirs,
+            "decodings_same_z": same, "decodings_other_z": different}
+
+
+def z_usage_verdict(u):
+    """One line: used, used weakly, or carries nothing (thresholds: a tenth of the way from ignored to decisive)."""
+    if u["gap_ratio"] <= 0.9 and u["agreement"] >= 0.1:
+        return "z_sem is used: the decoder denoises an image better with its own z_sem, and its decodings agree"
+    if u["gap_ratio"] >= 0.97 and u["agreement"] <= 0.03:
+        return "z_sem carries nothing: the decoder denoises as well with another image's z_sem, and decodings of one z_sem differ as much as any two"
+    return "z_sem is used weakly: see README, 'If z_sem carries nothing'"

@@ -201,7 +201,7 @@ def draw_face(p, res):
         d.rounded_rectangle([cx - 1.22 * a, cy - 0.68 * b, cx + 1.22 * a, cy - 0.46 * b],
                             radius=0.05 * b, fill=hat)
 
-    # NEAREST is 15x faster than BILINEAR here, and the box downsampling below antialiases anyway
+    # NEAREST is much faster than BILINEAR here, and the box downsampling below antialiases anyway
     layer = layer.rotate(p["tilt"], resample=Image.NEAREST, center=(cx, cy))
     layer = layer.reduce(D // res)  # box filter on premultiplied alpha: antialiased edges
 
@@ -283,13 +283,22 @@ class ToyFaces:
     def _save(self, paths):
         # temp file + os.replace: a crash or a concurrent run never leaves a half-written cache;
         # labels are written last, and loading needs both files
-        os.makedirs(os.path.dirname(paths[0]) or ".", exist_ok=True)
+        # labels are written last, and loading needs both files. The cache only saves time: a folder that
+        # cannot take it (read-only, full) costs a render next time, never the run.
         for path, write in ((paths[0], lambda f: np.save(f, self.images)),
                             (paths[1], lambda f: np.savez(f, attrs=self.attrs, factors=self.factors))):
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
+            try:
+                os.makedirs(os.path.dirname(paths[0]) or ".", exist_ok=True)
+                with open(tmp, "wb") as f:
+                    write(f)
+                os.replace(tmp, path)
+            except OSError as e:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                _warn(f"toyfaces: cannot cache the rendered images in {os.path.dirname(path)} ({e.strerror or e}); "
+                      f"going on without a cache")
+                return
 
     def __len__(self):
         return self.n
@@ -752,6 +761,33 @@ def _why_empty(ds, split, root, expected):
     if ds.found:
         return f"{ds.found} image(s) found in {root}, all of them held out of the {split} split {ds.split_note}"
     return f"no {split} images found in {root}; {expected}"
+
+
+# --- the order a run reads a dataset in -----------------------------------------------------
+
+def step_indices(n, batch, step, seed):
+    """The dataset indices of global batch `step`: epoch-wise permutations seeded by (seed, epoch)."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, pos = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out += perm[pos:pos + batch - len(out)].tolist()
+    return out
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler for a DataLoader: this rank's share of each global batch from `start` on."""
+
+    def __init__(self, n, batch, start, stop, seed, rank, world):
+        self.n, self.batch, self.start, self.stop, self.seed, self.rank, self.world = n, batch, start, stop, seed, rank, world
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield step_indices(self.n, self.batch, step, self.seed)[self.rank::self.world]
 
 
 def make_dataset(name, res, data_dir=None, split="train", n=None, seed=0):

@@ -32,7 +32,7 @@ class DiffAE(nn.Module):
     def loss(self, x0, t=None, noise=None, weights=None):
         """Diff-AE Eq. 6: the simple DDPM loss with z_sem = Enc(x0); encoder and decoder trained jointly.
 
-        weights: optional per-t weights (train.py --t-weights pdae); None is Eq. 6 exactly.
+        weights: optional per-t weights (objective.t_weights); None is Eq. 6 exactly.
         """
         return self.diffusion.loss(self.eps_fn(self.encoder(x0)), x0, t, noise, weights=weights)
 

@@ -134,7 +134,7 @@ class GradientEstimator(nn.Module):
             # torch's CPU GroupNorm backward segfaults on a channels-last input that needs no grad
             # (the frozen skips of NHWC images, e.g. toyfaces'). Only this one meets a GroupNorm
             # alone (the others are concatenated with h, which has a grad), so let it ask for a
-            # grad rather than copy every skip to NCHW, which made G ~5% slower.
+            # grad rather than copy every skip to NCHW, which costs G time.
             h = h.detach().requires_grad_()
         h = self._run(self.middle_block, h, emb, c)
         for block in self.output_blocks:

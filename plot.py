@@ -23,7 +23,18 @@ def save_grid(path, rows, pad=2):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     scale = max(1, 256 // H) if H < 128 else 1  # small toy images are upscaled so a person can see them
     img = Image.fromarray(canvas)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    return save_png(img.resize((img.width * scale, img.height * scale), Image.NEAREST), path)
+
+
+def save_png(img, path):
+    """Atomically: a full disk or a kill mid-write leaves no half picture behind."""
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -50,5 +61,4 @@ def log_plot(path, ts, curves, t_max, title):
         dr.text((L + 10, TOP + 8 + 14 * row), k, fill=colour)
     dr.text((L, 8), title, fill="black")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path)
-    return path
+    return save_png(img, path)

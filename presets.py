@@ -164,10 +164,19 @@ def resumed_run(args, ck, path):
                out, steps, tc["n_train"], recorded["pretrained"], recorded["pdae_cond"])
 
 
-def latent_run(args, ck):
-    """The latent DDIM's run, from the autoencoder's record and the command line."""
+def latent_run(args, ck, state=None):
+    """The latent DDIM's run, from the autoencoder's record and the command line; with `state` (a stopped
+    latent run being resumed), as that run recorded it, to --steps."""
     tc = ck["config"].get("train", {})
     res = tc.get("res") or ck["config"]["unet"]["res"]
+    if state is not None:
+        lt = ck["config"]["latent_train"]
+        steps = args.steps or lt["steps"]
+        if steps <= state["step"]:
+            cli.usage_error(f"the latent run is at step {state['step']} already; pass --steps N > {state['step']} (the new total)")
+        out = args.out or os.path.dirname(os.path.abspath(args.resume))
+        return Run("latent", lt["preset"], dict(lt["hparams"]), lt["data"], lt.get("data_dir"), res, lt["seed"], out,
+                   steps, lt.get("n_train"))
     preset = args.preset or tc.get("preset") or PAPER_BY_RES.get(res, "ffhq128")
     if preset not in LATENT_PRESETS:
         cli.usage_error(f"no latent DDIM preset {preset!r}; choose from {', '.join(LATENT_PRESETS)}")

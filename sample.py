@@ -402,6 +402,22 @@ def cmd_gap(kind, model, d, ck, args):
           f"t-averaged gaps, which t = 0 dominates)")
 
 
+def cmd_diagnose(kind, model, d, ck, args):
+    """Is z_sem used? Two label-free measures on held-out images (or --images) and one verdict line."""
+    if kind == "ddim":
+        cli.usage_error("diagnose asks whether a decoder uses z_sem: pass a Diff-AE or PDAE checkpoint")
+    x, _, _ = held_out(ck, args.n, args)
+    if len(x) < 2:
+        cli.usage_error("diagnose compares images with each other: give at least two (--n 2 or more, or --images A B)")
+    with torch.inference_mode():
+        u = codes.z_usage(model, d, x.to(args.device), args.steps, args.seed)
+    u["verdict"] = codes.z_usage_verdict(u)
+    write_json(os.path.join(args.out, "diagnose.json"), u)
+    print(f"gap with its own z_sem / with another image's: {u['gap_ratio']:.3f} (1 = z_sem ignored); decodings of one "
+          f"z_sem agree: {u['agreement']:.3f} (0 = no more than any two images', 1 = identical); {len(x)} images, T = {args.steps}")
+    print(u["verdict"])
+
+
 def cmd_denoise_one_step(kind, model, d, ck, args):
     """PDAE Fig. 5 left: x0 predicted from x_t in one step by the pre-trained DPM and by PDAE."""
     require_pdae(kind, "denoise-one-step")
@@ -500,8 +516,9 @@ FLAGS = {
                                              "models 250, rendered with --steps 100, as the official notebook)"),
 }
 SWITCHES = {"no-probe": ("probe", "skip the linear probe on z_sem"), "no-judge": ("judge", "skip the attribute judge"),
-            "measure": ("measure", "measure flip rates with the toyfaces judge")}
-IMAGES = ["steps", "n", "batch-size", "images", "data", "data-dir"]
+            "measure": ("measure", "measure flip rates with the toyfaces judge"),
+            "align": ("align", "FFHQ-align --images first, as the released face models expect (align.py; pip install dlib-bin face-recognition-models)")}
+IMAGES = ["steps", "n", "batch-size", "images", "align", "data", "data-dir"]
 COMMANDS = {  # name: (function, its flags, one line for --help)
     "reconstruct": (cmd_reconstruct, IMAGES, "input, from inferred x_T, from random x_T (Diff-AE Fig. 3/10)"),
     "interpolate": (cmd_interpolate, IMAGES + ["frames"], "lerp z_sem, slerp x_T (Diff-AE §5.2, Fig. 4d)"),
@@ -515,6 +532,7 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
                     "few-shot conditional samples (Table 3)"),
     "eval-samples": (cmd_eval_samples, ["n", "batch-size", "T", "latent-steps", "data", "data-dir"], "unconditional sample table (Table 4)"),
     "gap": (cmd_gap, IMAGES, "posterior-mean gap per t (PDAE Fig. 5)"),
+    "diagnose": (cmd_diagnose, IMAGES, "is z_sem used? the gap and the agreement of decodings, one verdict"),
     "denoise-one-step": (cmd_denoise_one_step, IMAGES + ["frames"], "one-step x0 predictions, DPM vs PDAE (PDAE Fig. 5)"),
     "reconstruct-ddpm": (cmd_reconstruct_ddpm, IMAGES, "mean-shifted DDPM reconstruction (PDAE §4.4)"),
     "interpolate-g": (cmd_interpolate_g, IMAGES + ["frames"], "G(Lerp z) against Lerp G (PDAE §4.5)"),
@@ -567,9 +585,11 @@ def parse_args(argv):
 @cli.entry
 def main(argv=None):
     args = parse_args(argv)
-    args.src = codes.Source(args.data, args.data_dir, args.images, args.labels_csv)
-    args.steps = args.steps or (10 if args.command == "predict-x0" else 100)
-    args.n = args.n or (256 if args.command in ("eval", "eval-samples") else 8)
+    args.src = codes.Source(args.data, args.data_dir, args.images, args.labels_csv, args.align)
+    if args.align and not args.images:
+        cli.usage_error("--align aligns your photos: pass them with --images FILE ...")
+    args.steps = args.steps or {"predict-x0": 10, "diagnose": 20}.get(args.command, 100)
+    args.n = args.n or {"eval": 256, "eval-samples": 256, "diagnose": 64}.get(args.command, 8)
     args.device = cli.pick_device(args.device)
     args.direction_l2 = args.direction_l2 or classifier.DIRECTION_WEIGHT_DECAY
     torch.manual_seed(args.seed)

@@ -199,34 +199,9 @@ def prepare(run, args, model, config, resume, place):
 
 # --- data ---------------------------------------------------------------------------------------
 
-def step_indices(n, batch, step, seed):
-    """The dataset indices of global batch `step`: epoch-wise permutations seeded by (seed, epoch)."""
-    start = step * batch
-    out = []
-    while len(out) < batch:
-        epoch, pos = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out += perm[pos:pos + batch - len(out)].tolist()
-    return out
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Batch sampler for a DataLoader: this rank's share of each global batch from `start` on."""
-
-    def __init__(self, n, batch, start, stop, seed, rank, world):
-        self.n, self.batch, self.start, self.stop, self.seed, self.rank, self.world = n, batch, start, stop, seed, rank, world
-
-    def __len__(self):
-        return self.stop - self.start
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            yield step_indices(self.n, self.batch, step, self.seed)[self.rank::self.world]
-
-
 def batches(ds, run, start, place, workers):
     """Yields (x0, y) on the device for steps [start, run.steps)."""
-    sampler = StepBatches(len(ds), run.hp["batch_size"], start, run.steps, run.seed, place.rank, place.world)
+    sampler = data.StepBatches(len(ds), run.hp["batch_size"], start, run.steps, run.seed, place.rank, place.world)
     if hasattr(ds, "tensors"):  # in-memory toyfaces: indexing beats any DataLoader
         X, Y = ds.tensors()
         it = ((X[i], Y[i]) for i in sampler)
@@ -360,49 +335,70 @@ def encode_training_set(model, ds, device, workers):
     return torch.cat(zs)
 
 
-def train_latent(args):
-    """Encode the training set once with the frozen autoencoder, then fit the latent DDIM to those codes.
-    The output checkpoint holds both, so sample.py needs only it."""
-    for k in ("resume", "pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "minutes", "z_dim"):
+def latent_source(args):
+    """(the autoencoder checkpoint, its path, the latent stage's saved state or None): from --ckpt, or from a
+    stopped latent run (--resume, which holds the autoencoder too)."""
+    for k in ("pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "minutes", "z_dim"):
         if getattr(args, k) is not None and getattr(args, k) is not False:  # 0 and 0.0 are values too
             cli.usage_error(f"--{k.replace('_', '-')} does not apply to --model latent (it trains on the codes of --ckpt)")
     if args.grad_accum != 1:
         cli.usage_error("--grad-accum does not apply to --model latent (it trains on the codes of --ckpt)")
+    if args.resume:
+        ck = load_or_fail(args.resume, "--resume")
+        if "latent_state" not in ck:
+            cli.usage_error(f"--resume {args.resume}: no unfinished latent DDIM in it (a finished latent stage keeps no "
+                            f"optimizer state); train a new one with --model latent --ckpt AUTOENCODER.pt")
+        return ck, ck["config"]["latent_train"]["source"], ck["latent_state"]
     if not args.ckpt:
         cli.usage_error("--model latent needs --ckpt AUTOENCODER.pt (a diffae or pdae checkpoint)")
     ck = load_or_fail(args.ckpt, "--ckpt")
     if ck["kind"] not in ("diffae", "pdae") or ck["config"].get("pdae", {}).get("condition") == "label":
         cli.usage_error(f"{args.ckpt} is a {ck['kind']} checkpoint without an image encoder; the latent DDIM "
                         f"needs an autoencoder (diffae or pdae)")
-    run, device = presets.latent_run(args, ck), cli.pick_device(args.device)
-    with RunFolder(run.out), StopSignals() as stop:
+    return ck, args.ckpt, None
+
+
+def train_latent(args):
+    """Encode the training set once with the frozen autoencoder, then fit the latent DDIM to those codes.
+    The output checkpoint holds both, so sample.py needs only it; saved every ~10% of the run and on a
+    stop signal, with the state that --resume continues from."""
+    ck, source, state = latent_source(args)
+    run, device = presets.latent_run(args, ck, state), cli.pick_device(args.device)
+    path = os.path.join(run.out, "ckpt.pt")
+    with RunFolder(run.out, args.resume), StopSignals() as stop:
         z_all = encode_training_set(checkpoint.build(ck).to(device), dataset(run, "train", run.n_train), device, args.workers or 0)
+        save = lambda *fit: checkpoint.save(path, with_latent(ck, *fit, run, source))
         # PDAE's latent sampler clamps its start and clips z0 each step, on the autoencoder's grid
-        latent, ema, took = fit_latent(run, z_all.to(device), args.log_every, cli.autocast_dtype(device, args.amp),
-                                       clip=ck["kind"] == "pdae", grid=checkpoint.diffusion(ck).grid, stop=stop)
-        path = os.path.join(run.out, "ckpt.pt")
-        checkpoint.save(path, with_latent(ck, latent, ema, run, args.ckpt))
+        took = fit_latent(run, z_all.to(device), args, cli.autocast_dtype(device, args.amp), ck, state, save, stop)
     if stop.requested:
-        print(f"{stop.requested}: {took}; saved the latent DDIM as trained so far to {path} (train again for the full budget)")
+        print(f"{stop.requested}: {took}; saved to {path}. Continue with python train.py --model latent --resume {path}")
         return stop.exit_code()
     print(f"done: {took}. {path} holds the autoencoder and its latent DDIM.\n"
           f"next: python sample.py --ckpt {path} sample   (or manipulate, conditional, eval)")
     return 0
 
 
-def fit_latent(run, z_all, log_every, amp_dtype=None, clip=False, grid="diffae", stop=None):
+def fit_latent(run, z_all, args, amp_dtype, ck, state, save, stop):
     """The latent DDIM's loop: Diff-AE Eq. 9 (L1 on eps) over random codes, AdamW (Table 6), EMA."""
     hp, device = run.hp, z_all.device
     torch.manual_seed(run.seed)
     latent = LatentDDIM(LatentNetConfig(z_dim=z_all.shape[1], hidden=hp["hidden"], num_layers=hp["num_layers"]),
-                        clip=clip, grid=grid).to(device)
+                        clip=ck["kind"] == "pdae", grid=checkpoint.diffusion(ck).grid).to(device)
     latent.set_stats(z_all)
-    ema = EMA(latent, hp["ema"])
     opt = torch.optim.AdamW(latent.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], fused=True)
+    step0 = 0
+    if state is not None:  # the unfinished run's weights, EMA and optimizer
+        latent.load_state_dict({k[len("latent."):]: v for k, v in ck["model"].items() if k.startswith("latent.")})
+        opt.load_state_dict(state["optimizer"])
+        step0 = state["step"]
+    ema = EMA(latent, hp["ema"], {k[len("latent."):]: v for k, v in ck["ema"].items() if k.startswith("latent.")} if state else None)
     print(f"latent DDIM: {sum(q.numel() for q in latent.parameters()) / 1e6:.2f}M parameters, batch {hp['batch_size']} x "
-          f"{run.steps} steps, {device}, {cli.precision(amp_dtype)}; run folder {run.out}", flush=True)
-    progress = Progress(run.out, run.steps, 0, hp["batch_size"], log_every, label="latent step", unit="codes")
-    for step in range(1, run.steps + 1):
+          f"{run.steps} steps{f' from step {step0}' if step0 else ''}, {device}, {cli.precision(amp_dtype)}; "
+          f"run folder {run.out}", flush=True)
+    progress = Progress(run.out, run.steps, step0, hp["batch_size"], args.log_every, label="latent step", unit="codes")
+    save_every, step = args.save_every or max(1, run.steps // 10), step0
+    while step < run.steps and not stop.requested:
+        step += 1
         g = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
         idx = torch.randint(0, len(z_all), (hp["batch_size"],), generator=g).to(device)
         t = torch.randint(0, latent.diffusion.T, (hp["batch_size"],), generator=g).to(device)
@@ -415,20 +411,24 @@ def fit_latent(run, z_all, log_every, amp_dtype=None, clip=False, grid="diffae",
         opt.step()
         ema.update()
         progress.update(step, loss.item())
-        if stop is not None and stop.requested:
-            break
+        if step % save_every == 0 or step == run.steps or stop.requested:
+            save(latent, ema, opt if step < run.steps else None, step)
     progress.close()
-    return latent, ema, progress.summary(step)
+    return progress.summary(step)
 
 
-def with_latent(ck, latent, ema, run, source):
-    """One file: the autoencoder as it was, plus the latent DDIM under "latent.*"."""
-    new = dict(ck)
+def with_latent(ck, latent, ema, opt, step, run, source):
+    """One file: the autoencoder as it was, plus the latent DDIM under "latent.*" (and, while unfinished,
+    the state --resume continues from)."""
+    new = {k: v for k, v in ck.items() if k != "latent_state"}
     new["config"] = dict(ck["config"], latent=latent.config)
-    new["config"]["latent_train"] = dict(preset=run.preset, hparams=run.hp, steps=run.steps, source=os.path.abspath(source))
+    new["config"]["latent_train"] = dict(preset=run.preset, hparams=run.hp, steps=run.steps, seed=run.seed, data=run.data,
+                                         data_dir=run.data_dir, n_train=run.n_train, source=os.path.abspath(source))
     for key, src in (("ema", ema.state), ("model", latent.state_dict())):
         base = {k: v for k, v in (ck.get(key) or ck["model"]).items() if not k.startswith("latent.")}
         new[key] = dict(base, **{f"latent.{k}": v.detach().cpu() for k, v in src.items()})
+    if opt is not None:
+        new["latent_state"] = {"optimizer": opt.state_dict(), "step": step}
     return new
 
 

@@ -27,7 +27,7 @@ class UNetConfig:
     norm_groups: int = 32         # GroupNorm groups (ADM: 32); see nn.normalization for the CPU presets' 8
     in_ch: int = 3
     out_ch: int = 3
-    grad_checkpoint: bool = False  # recompute blocks in backward: less memory, ~30% slower
+    grad_checkpoint: bool = False  # recompute blocks in backward: less memory, more time
     input_skip: dict = None       # CPU presets: eps = sqrt(1 - alphabar_t) x_t + net(x_t, t, z) on this
                                   # schedule ({"T": .., "schedule": ..}); None = ADM's plain output
 
@@ -139,8 +139,8 @@ class UNet(nn.Module):
         """eps = sqrt(1 - alphabar_t) x_t + out when cfg.input_skip is set, else out.
 
         sqrt(1 - alphabar_t) x_t is E[eps | x_t] for unit-variance data, nearly exact at large t,
-        where a small, briefly trained net is *worse* than it (README, "What makes the decoder
-        use z_sem"): the net then learns only the correction, which carries x0 (and z_sem).
+        where a small, briefly trained net is *worse* than it (docs/RESULTS.md, "The `toy32`
+        recipe"): the net then learns only the correction, which carries x0 (and z_sem).
         The loss is still Eq. 6 on eps; only the network's form changes.
         """
         if self.cfg.input_skip is None:

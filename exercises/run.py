@@ -20,13 +20,20 @@ if __name__ == "__main__":
         sys.exit(2)
     names, script, args = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
     for name in names:
-        done = student.install(name)
+        try:
+            done = student.install(name)
+        except (KeyError, FileNotFoundError, AttributeError, SyntaxError, ImportError) as e:
+            print(f"error: exercise {name}: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            sys.exit(2)
         if done:
             print(f"[exercise {name}] using your {', '.join(done)} from {os.environ['STUDENT']}", flush=True)
         else:
             print(f"[exercise {name}] STUDENT is not set: running the project's reference code", flush=True)
     if not os.path.exists(script) and os.path.exists(os.path.join(student.ROOT, script)):
         script = os.path.join(student.ROOT, script)
+    if not os.path.isfile(script):
+        print(f"error: no script {script}; name one of sample.py, train.py, exercises/show.py", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [script] + args
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")

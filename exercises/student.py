@@ -59,6 +59,9 @@ def load(name, where):
     if name not in EXERCISES:
         raise KeyError(f"no exercise {name!r}; the exercises are: {', '.join(EXERCISES)}")
     file = EXERCISES[name][0]
+    if not os.path.isdir(where):
+        raise FileNotFoundError(f"STUDENT={os.environ.get('STUDENT')} is not a folder; make it and start from the blank: "
+                                f"mkdir -p {os.environ.get('STUDENT')} && cp exercises/blank/{file} {os.environ.get('STUDENT')}/")
     path = os.path.join(where, file)
     if not os.path.exists(path):
         raise FileNotFoundError(f"STUDENT={os.environ.get('STUDENT')} has no {file}; start from the blank: "

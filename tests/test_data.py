@@ -495,3 +495,19 @@ def test_a_broken_image_in_a_dataloader_worker_is_still_one_line(celeba):
     with pytest.raises(DatasetError) as e:  # the worker's traceback becomes the message it carried
         list(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1))
     assert str(e.value).startswith(f"cannot read {path}: ") and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("n, batch", [(10, 3), (7, 7), (5, 8)])
+def test_a_runs_data_order_visits_every_item_once_per_epoch_and_splits_over_ranks(n, batch):
+    """step_indices: consecutive batches walk epoch-wise permutations of the dataset; any world size
+    takes disjoint shares of the same global batch, so the order does not depend on how a run is split."""
+    from data import StepBatches, step_indices
+    order = [i for step in range(3 * n) for i in step_indices(n, batch, step, seed=4)]
+    for epoch in range(3):
+        assert sorted(order[epoch * n:(epoch + 1) * n]) == list(range(n))
+    assert order[:n] != sorted(order[:n]) or n < 3  # shuffled
+    assert step_indices(n, batch, 5, seed=4) == step_indices(n, batch, 5, seed=4) != step_indices(n, batch, 5, seed=5)
+    shares = [list(StepBatches(n, batch, 2, 4, 4, r, 2)) for r in range(2)]
+    for k, step in enumerate(range(2, 4)):
+        whole = step_indices(n, batch, step, 4)
+        assert shares[0][k] == whole[0::2] and shares[1][k] == whole[1::2]

@@ -290,3 +290,32 @@ def test_manipulate_with_a_missing_labels_file_is_a_usage_error(ckpts, capsys):
         sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "manipulate", "--labels-csv", str(ckpts / "nope.csv"),
                      "--out", str(ckpts / "m")])
     assert e.value.code == 2 and "--labels-csv" in capsys.readouterr().err
+
+
+def test_diagnose_writes_its_measures_and_one_verdict(ckpts, capsys):
+    out = ckpts / "diag"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "diagnose", "--n", "3", "--steps", "3", "--out", str(out)]) == 0
+    res = json.load(open(out / "diagnose.json"))
+    assert res["verdict"] in capsys.readouterr().out and len(res["t"]) == 3 and 0 <= res["gap_ratio"]
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ddim" / "ckpt.pt"), "diagnose", "--n", "3", "--out", str(out)])
+    assert e.value.code == 2
+
+
+def test_align_puts_the_users_photos_through_ffhq_alignment(ckpts, tmp_path, monkeypatch, capsys):
+    import align
+    from PIL import Image
+    Image.new("RGB", (50, 40), (0, 0, 255)).save(tmp_path / "me.png")
+    seen = []
+    monkeypatch.setattr(align, "align_face", lambda f, res: seen.append((f, res)) or Image.new("RGB", (res, res), (255, 0, 0)))
+    out = tmp_path / "o"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "reconstruct", "--images", str(tmp_path / "me.png"),
+                        "--align", "--steps", "2", "--out", str(out)]) == 0
+    assert seen == [(str(tmp_path / "me.png"), 16)] and (out / "reconstruct_T2.png").exists()
+    monkeypatch.setattr(align, "align_face", lambda f, res: (_ for _ in ()).throw(align.AlignError(f"no face found in {f}")))
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "reconstruct", "--images", str(tmp_path / "me.png"), "--align"])
+    assert e.value.code == 2 and "no face found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "reconstruct", "--align"])
+    assert e.value.code == 2

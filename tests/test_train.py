@@ -327,3 +327,33 @@ def test_resume_of_a_bad_file_is_a_usage_error(tmp_path, capsys, what):
         train.main(["--resume", str(path), "--steps", "3"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--resume" in err and "Traceback" not in err
+
+
+def test_the_latent_stage_saves_on_sigterm_and_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    import signal
+    assert run(tmp_path, tmp_path / "ae", "--steps", "1") == 0
+    latent = ["--model", "latent", "--ckpt", str(tmp_path / "ae" / "ckpt.pt"), "--steps", "6", "--batch-size", "8",
+              "--log-every", "1000", "--data-dir", str(tmp_path / "cache"), "--n-train", "64"]
+    assert train.main(latent + ["--out", str(tmp_path / "full")]) == 0
+    assert "latent_state" not in checkpoint.load(tmp_path / "full" / "ckpt.pt")  # finished: nothing to resume
+    real, calls = train.Progress.update, []
+
+    def stopped_at_step_3(self, step, loss):
+        calls.append(step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, step, loss)
+
+    monkeypatch.setattr(train.Progress, "update", stopped_at_step_3)
+    assert train.main(latent + ["--out", str(tmp_path / "cut")]) == 143
+    monkeypatch.undo()
+    cut = checkpoint.load(tmp_path / "cut" / "ckpt.pt")
+    assert cut["latent_state"]["step"] == 3 and "--resume" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # its folder is the stopped run's own
+        train.main(latent + ["--out", str(tmp_path / "cut")])
+    assert e.value.code == 2
+    assert train.main(["--model", "latent", "--resume", str(tmp_path / "cut" / "ckpt.pt"), "--log-every", "1000"]) == 0
+    a, b = checkpoint.load(tmp_path / "full" / "ckpt.pt"), checkpoint.load(tmp_path / "cut" / "ckpt.pt")
+    assert "latent_state" not in b
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key] if k.startswith("latent."))
