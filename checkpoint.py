@@ -274,6 +274,15 @@ def _check_weights(got, expected, which, where, name):
                               f"describes ({len(extra)} such weights; our key {extra[0]!r})")
 
 
+def read_classifier(path):
+    """A released attribute classifier (Diff-AE's *_autoenc_cls, PDAE's manipulation classifier) as
+    {"names", "weight" [A, z_dim], "bias" [A], "mean", "std" [z_dim]}: a linear layer on normalised z_sem."""
+    try:
+        return official_pdae.read_classifier(path)
+    except official.ConversionError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def diffusion(ck):
     return Diffusion(**ck["config"].get("diffusion", {}))
 

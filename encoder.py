@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from nn import AttentionBlock, EmbedSequential, ResBlock, normalization
+from nn import AttentionBlock, EmbedSequential, ResBlock, attention, normalization, resampler
 
 
 @dataclass
@@ -22,6 +22,9 @@ class EncoderConfig:
     num_heads: int = 1
     norm_groups: int = 32
     in_ch: int = 3
+    head_ch: int = None                # as UNetConfig's: options only imported official models use
+    new_attention_order: bool = False
+    resample: str = "resblock"         # "resblock", "conv" (a stride-2 conv) or "pool" between levels
 
 
 class SemanticEncoder(nn.Module):
@@ -39,13 +42,13 @@ class SemanticEncoder(nn.Module):
                 layers = [ResBlock(ch, cfg.ch * mult, groups=G)]
                 ch = cfg.ch * mult
                 if res in cfg.attn_res:
-                    layers.append(AttentionBlock(ch, cfg.num_heads, G))
+                    layers.append(attention(cfg, ch))
                 self.input_blocks.append(EmbedSequential(*layers))
             if level < len(cfg.ch_mult) - 1:
-                self.input_blocks.append(EmbedSequential(ResBlock(ch, ch, down=True, groups=G)))
+                down = resampler(cfg.resample, ch, lambda a, b, **kw: ResBlock(a, b, groups=G, **kw), up=False)
+                self.input_blocks.append(EmbedSequential(down))
                 res //= 2
-        self.middle_block = EmbedSequential(ResBlock(ch, ch, groups=G), AttentionBlock(ch, cfg.num_heads, G),
-                                            ResBlock(ch, ch, groups=G))
+        self.middle_block = EmbedSequential(ResBlock(ch, ch, groups=G), attention(cfg, ch), ResBlock(ch, ch, groups=G))
         self.out = nn.Sequential(normalization(ch, G), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
                                  nn.Conv2d(ch, cfg.z_dim, 1), nn.Flatten())
 

@@ -31,11 +31,18 @@ class LatentNetConfig:
     use_norm: bool = True           # LayerNorm in the hidden layers
     condition_bias: float = 1.0     # hidden units are scaled by (condition_bias + s(t)): 1 = identity at s = 0
     dropout: float = 0.0
+    activation: str = "silu"        # of the hidden and time layers, a name in ACTIVATIONS (official MLPSkipNet option)
+    last_act: str = "none"          # applied to the output (official option; eps needs "none")
 
     def __post_init__(self):
         if self.skip_layers is None:
             self.skip_layers = tuple(range(1, self.num_layers))
         self.skip_layers = tuple(int(i) for i in self.skip_layers)
+
+
+# The official MLPSkipNet's activation choices (its Activation enum), by name.
+ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU,
+               "tanh": nn.Tanh}
 
 
 class TimeScaledLinear(nn.Module):
@@ -45,15 +52,16 @@ class TimeScaledLinear(nn.Module):
     has no scale, no norm and no activation: it outputs eps.
     """
 
-    def __init__(self, d_in, d_out, cond_dim, last=False, use_norm=True, condition_bias=1.0, dropout=0.0):
+    def __init__(self, d_in, d_out, cond_dim, last=False, use_norm=True, condition_bias=1.0, dropout=0.0,
+                 activation="silu"):
         super().__init__()
         self.use_cond, self.condition_bias = not last, condition_bias
         self.linear = nn.Linear(d_in, d_out)
-        self.act = nn.Identity() if last else nn.SiLU()
+        self.act = ACTIVATIONS["none" if last else activation]()
         if self.use_cond:
             self.linear_emb = nn.Linear(cond_dim, d_out)
             # The same linear twice under two names: the official state dict holds both keys.
-            self.cond_layers = nn.Sequential(nn.SiLU(), self.linear_emb)
+            self.cond_layers = nn.Sequential(ACTIVATIONS[activation](), self.linear_emb)
         self.norm = nn.LayerNorm(d_out) if use_norm and not last else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 and not last else nn.Identity()
         if not last:  # He init for the SiLU layers, as the official code; the output layer keeps PyTorch's
@@ -83,7 +91,7 @@ class LatentNet(nn.Module):
         for i in range(cfg.num_time_layers):
             time_layers.append(nn.Linear(cfg.time_emb_dim if i == 0 else D, D))
             if i < cfg.num_time_layers - 1 or cfg.time_last_act:
-                time_layers.append(nn.SiLU())
+                time_layers.append(ACTIVATIONS[cfg.activation]())
         self.time_embed = nn.Sequential(*time_layers)
 
         self.layers = nn.ModuleList()
@@ -92,7 +100,9 @@ class LatentNet(nn.Module):
             d_in = D if i == 0 else H
             d_in += D if i in cfg.skip_layers else 0
             self.layers.append(TimeScaledLinear(d_in, D if last else H, D, last=last, use_norm=cfg.use_norm,
-                                                condition_bias=cfg.condition_bias, dropout=cfg.dropout))
+                                                condition_bias=cfg.condition_bias, dropout=cfg.dropout,
+                                                activation=cfg.activation))
+        self.last_act = ACTIVATIONS[cfg.last_act]()
 
     def forward(self, z_t, t):
         cond = self.time_embed(timestep_embedding(t, self.cfg.time_emb_dim))  # (B, D)
@@ -101,7 +111,7 @@ class LatentNet(nn.Module):
             if i in self.cfg.skip_layers:
                 h = torch.cat([h, z_t], dim=1)  # (B, H + D): re-inject the input
             h = layer(h, cond)
-        return h  # (B, D): the predicted noise
+        return self.last_act(h)  # (B, D): the predicted noise
 
 
 class LatentDDIM(nn.Module):

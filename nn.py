@@ -62,17 +62,27 @@ def ada_group_norm(h, norm, t_scale, t_shift, z_scale=None):
 
 
 class Downsample(nn.Module):
-    """2x average pooling (inside a ResBlock, as ADM's resblock_updown does)."""
+    """2x average pooling (inside a ResBlock, as ADM's resblock_updown does), or with `channels` a
+    stride-2 3x3 conv between levels (ADM's conv_resample when resblock_updown is off)."""
+
+    def __init__(self, channels=None):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if channels else nn.AvgPool2d(2)
 
     def forward(self, x):
-        return F.avg_pool2d(x, 2)
+        return self.op(x)
 
 
 class Upsample(nn.Module):
-    """2x nearest-neighbour upsampling."""
+    """2x nearest-neighbour upsampling, followed with `channels` by a 3x3 conv (ADM's conv_resample)."""
+
+    def __init__(self, channels=None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if channels else None
 
     def forward(self, x):
-        return F.interpolate(x, scale_factor=2, mode="nearest")
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
 
 
 class ResBlock(nn.Module):
@@ -117,12 +127,13 @@ class AttentionBlock(nn.Module):
     """Self-attention over all pixels, through F.scaled_dot_product_attention.
 
     The qkv projection is laid out per head as (q, k, v), as in ADM's legacy attention order,
-    so official weights load unchanged.
+    so official weights load unchanged; new_order=True reads ADM's other layout (q, k, v, each split
+    into heads: use_new_attention_order), the same weights arranged differently.
     """
 
-    def __init__(self, channels, num_heads=1, groups=32):
+    def __init__(self, channels, num_heads=1, groups=32, new_order=False):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.new_order = num_heads, new_order
         self.norm = normalization(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
@@ -130,10 +141,32 @@ class AttentionBlock(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         x = x.reshape(B, C, H * W)  # (B, C, L)
-        qkv = rearrange(self.qkv(self.norm(x)), "b (h three c) l -> three b h l c", h=self.num_heads, three=3)
+        layout = "b (three h c) l" if self.new_order else "b (h three c) l"
+        qkv = rearrange(self.qkv(self.norm(x)), f"{layout} -> three b h l c", h=self.num_heads, three=3)
         a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, C/heads)
         a = rearrange(a, "b h l c -> b (h c) l")
         return (x + self.proj_out(a)).reshape(B, C, H, W)
+
+
+def resampler(kind, ch, block, up):
+    """The layer between two levels of a UNet half: inside a ResBlock made by `block` ("resblock", ADM's
+    resblock_updown), a stride-2 conv / nearest + 3x3 conv ("conv", ADM's conv_resample) or pooling /
+    nearest alone ("pool")."""
+    if kind == "resblock":
+        return block(ch, ch, up=up, down=not up)
+    if kind not in ("conv", "pool"):
+        raise ValueError(f"resample={kind!r}; expected 'resblock', 'conv' or 'pool'")
+    width = ch if kind == "conv" else None
+    return Upsample(width) if up else Downsample(width)
+
+
+def attention(cfg, channels):
+    """The self-attention block at a width, as a UNetConfig or EncoderConfig asks: cfg.num_heads heads, or
+    channels // cfg.head_ch when head_ch is set (ADM's num_head_channels: heads grow with the width)."""
+    if cfg.head_ch and channels % cfg.head_ch:
+        raise ValueError(f"head_ch={cfg.head_ch} does not divide an attention width of {channels} channels")
+    heads = channels // cfg.head_ch if cfg.head_ch else cfg.num_heads
+    return AttentionBlock(channels, heads, cfg.norm_groups, cfg.new_attention_order)
 
 
 class EmbedSequential(nn.Sequential):

@@ -10,9 +10,15 @@ trained with, under one root (its repository) that holds `pre-trained-dpms/` and
 - trained-models/latent_denoise_fn/NAME/checkpoint.pt: {"ema_latent_denoise_fn", ...}; its config
   points at the autoencoder and at the inferred-latents file (the mean and std of z). Imported as
   kind "pdae" with the latent DDIM under latent.* and config["latent"].
+- trained-models/classifier/NAME/checkpoint.pt: the manipulation trainer's {"ema_classifier", ...}, a
+  512-to-40 linear layer on z normalised by the inferred latents' mean and std: read_classifier() reads it.
 Config paths are relative to that root. checkpoint.py reads the files (root(), companions());
 this module only turns what was read into our checkpoint dict, reading the architecture from the
-configs. checkpoint.py then checks every weight against the model the config describes.
+configs. checkpoint.py then checks every weight against the model the config describes. Every UNet
+option of denoise_fn_config is imported (heads by count or by head_channel, either attention order,
+any attention factors, multipliers and depths) except learn_sigma and dims (the official diffusion cannot
+use them either) and num_class (a class-conditional DPM: our samplers pass no label), which are refused
+in one line naming the option.
 
 The official networks map one to one onto ours: the DPM is our UNet with the same key names; the
 decoder (ShiftUNet) is our PDAE's frozen .unet plus the gradient estimator .G (label_emb ->
@@ -23,11 +29,15 @@ own DDIM grid (diffusion.py, grid="pdae"), and its latent DDIM with PDAE's clipp
 import os
 from dataclasses import asdict
 
+import torch
+
+import official
 from encoder import PDAEEncoderConfig
 from latent_ddim import LatentNetConfig
 from official import ConversionError
-from nn import weights_sha256
-from unet import UNetConfig
+from nn import AttentionBlock, weights_sha256
+from pdae import GradientEstimator
+from unet import UNet, UNetConfig
 
 FOLDERS = ("pre-trained-dpms", "trained-models")
 
@@ -227,6 +237,7 @@ def convert_autoencoder(raw, cfg, dpm_cfg, source, dpm_config):
     """A PDAE autoencoder (+ its config, the DPM's config and that config's path) -> our 'pdae' checkpoint."""
     where = config_path(source)
     unet = unet_config(dpm_cfg, dpm_config)
+    check_shift_attention(unet, dpm_config)
     enc = encoder_config(cfg, unet.res, where)
     model = setting(cfg, "decoder_config.model", "str", where)
     z_dim = setting(cfg, "decoder_config.latent_dim", "int", where)
@@ -271,13 +282,14 @@ def convert_latent(raw, cfg, autoencoder, latents, source):
 # --- configs -------------------------------------------------------------------------------------
 
 def refuse_unsupported(cfg, where):
-    """UNet options our networks do not implement: fail with the option's name, never load silently."""
+    """UNet options that cannot become a noise predictor of ours: fail with the option's name, never load silently."""
     rules = [  # (the official option, its kind, its default, whether we support a value, what we support)
-        ("learn_sigma", "bool", False, lambda v: not v, "False (eps prediction only)"),
-        ("num_class", "any", None, lambda v: v is None, "None (unconditional)"),
-        ("dims", "int", 2, lambda v: v == 2, "2"),
-        ("use_new_attention_order", "bool", False, lambda v: not v, "False"),
-        ("head_channel", "int", -1, lambda v: v == -1, "-1 (heads set by num_heads)"),
+        ("learn_sigma", "bool", False, lambda v: not v,
+         "False (eps prediction: the official diffusion reads no learned variance either)"),
+        ("num_class", "any", None, lambda v: v is None,
+         "None (a class-conditional DPM: our UNet and samplers take no class label)"),
+        ("dims", "int", 2, lambda v: v == 2, "2 (images)"),
+        ("head_channel", "int", -1, lambda v: v == -1 or v > 0, "-1 (heads set by num_heads) or a positive int"),
     ]
     for name, kind, default, ok, supported in rules:
         value = setting(cfg, f"denoise_fn_config.{name}", kind, where, default)
@@ -295,11 +307,38 @@ def unet_config(dpm_cfg, where):
     if not all(f > 0 and res % f == 0 for f in factors):
         raise ConversionError(f"{where}: denoise_fn_config.attention_resolutions={factors} are not all factors of "
                               f"train_dataset_config.image_size={res}; expected the downsampling factors")
+    mult, heads = tuple(fn("channel_multiplier", "ints")), fn("num_heads", "int")
+    head_ch = fn("head_channel", "int", -1)
+    if head_ch != -1:
+        widths = {ch * m for level, m in enumerate(mult) if 2 ** level in factors} | {ch * mult[-1]}  # + the middle
+        if any(w % head_ch for w in widths):
+            raise ConversionError(f"{where}: official option denoise_fn_config.head_channel={head_ch} does not divide "
+                                  f"the attention width {min(w for w in widths if w % head_ch)} (the official code "
+                                  f"fails its assertion)")
+        if len(widths) == 1:  # one width: heads by count say the same, also to G, which reads num_heads alone
+            heads = widths.pop() // head_ch
     return UNetConfig(
-        res=res, ch=ch, ch_mult=tuple(fn("channel_multiplier", "ints")),
-        num_res_blocks=fn("num_residual_blocks_of_a_block", "int"), attn_res=tuple(res // f for f in factors),
-        dropout=float(fn("dropout", "float", 0.0)), embed_dim=4 * ch, cond_dim=None, num_heads=fn("num_heads", "int"),
-        norm_groups=32, in_ch=fn("input_channel", "int"), out_ch=fn("input_channel", "int"))
+        res=res, ch=ch, ch_mult=mult, num_res_blocks=fn("num_residual_blocks_of_a_block", "int"),
+        attn_res=tuple(res // f for f in factors), dropout=float(fn("dropout", "float", 0.0)), embed_dim=4 * ch,
+        cond_dim=None, num_heads=heads, norm_groups=32, in_ch=fn("input_channel", "int"),
+        out_ch=fn("input_channel", "int"), head_ch=None if head_ch == -1 else head_ch,
+        new_attention_order=fn("use_new_attention_order", "bool", False))
+
+
+def check_shift_attention(unet, where):
+    """The official ShiftUNet's shift blocks copy the UNet's attention settings. Our gradient estimator
+    (pdae.GradientEstimator) builds its attention from num_heads alone: refuse a DPM whose decoder
+    attention it would not mirror (several widths with head_channel, or the new attention order)."""
+    def settings(blocks):
+        return [(m.num_heads, m.new_order) for b in blocks for m in b.modules() if isinstance(m, AttentionBlock)]
+    with torch.device("meta"):  # shapes only
+        frozen, g = UNet(unet), GradientEstimator(unet, 1)
+    if settings([frozen.middle_block, frozen.output_blocks]) != settings([g.middle_block, g.output_blocks]):
+        cause = "use_new_attention_order=True" if unet.new_attention_order else \
+            f"head_channel={unet.head_ch} (other heads at other attention widths)"
+        raise ConversionError(f"{where}: a PDAE autoencoder on a DPM with official option denoise_fn_config.{cause} "
+                              f"is not implemented here: our gradient estimator (pdae.GradientEstimator) builds "
+                              f"its attention from num_heads alone")
 
 
 def encoder_config(cfg, res, where):
@@ -331,6 +370,9 @@ def latent_config(cfg, where):
     constant beta 0.008, normalised z) and samples with clipping on PDAE's grid."""
     lc = lambda key, kind, *default: setting(cfg, f"latent_denoise_fn_config.{key}", kind, where, *default)
     layers = lc("num_layers", "int")
+    if layers < 2:  # the official MLPSkipNet's first layer is always a hidden one: its output would not be eps
+        raise ConversionError(f"{where}: official option latent_denoise_fn_config.num_layers={layers} is not "
+                              f"implemented here (supported: an int >= 2)")
     net = LatentNetConfig(z_dim=lc("input_channel", "int"), hidden=lc("model_channel", "int"), num_layers=layers,
                           skip_layers=tuple(range(1, layers)), time_emb_dim=lc("time_emb_channel", "int"),
                           num_time_layers=2, time_last_act=False, use_norm=lc("use_norm", "bool"),
@@ -393,3 +435,55 @@ def file_key(ck, which, k):
                     name = name.replace(".z_emb_layers.", ".emb_z_layers.")
                 return f"{name!r} of {'ema_' if which == 'ema' else ''}{group}"
     return f"{k!r} (our name)"
+
+
+# --- the released manipulation classifier ----------------------------------------------------------
+
+# Where the official sampler (sampler/manipulation.py) reads the latent statistics, relative to the root.
+LATENTS_DEFAULT = os.path.join("trained-models", "latents", "celebahq.pt")
+
+
+def read_classifier(path):
+    """An official attribute classifier, PDAE's or Diff-AE's -> {"names", "weight", "bias", "mean", "std"}.
+
+    PDAE's manipulation trainer saves {"ema_classifier", "classifier", ...}: the sampler uses ema_classifier,
+    a 512-to-40 linear layer on z normalised by the inferred latents' mean and std. Those live in the
+    inferred-latents file that the config.yml beside the checkpoint names (inferred_latents), or, without
+    one, where the official sampler looks (trained-models/latents/celebahq.pt). A Diff-AE classifier goes
+    to official.read_classifier. Anything malformed is one ConversionError naming the file.
+    """
+    raw = official.load_plain(path)
+    if isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
+        return official.classifier_from(raw, path)
+    ema = raw.get("ema_classifier") if isinstance(raw, dict) else None
+    if not isinstance(ema, dict):
+        raise ConversionError(f"{path}: not an official attribute classifier (expected PDAE's checkpoint with "
+                              f"'ema_classifier', or Diff-AE's Lightning checkpoint with 'state_dict')")
+    latents = latents_path(path)
+    if not os.path.isfile(latents):
+        raise ConversionError(f"{path}: its inferred latents (the mean and std of z) are expected at {latents!r}, "
+                              f"which does not exist; keep the official trained-models/ folder as downloaded")
+    stats = official.load_plain(latents)
+    if not (isinstance(stats, dict) and isinstance(stats.get("mean"), torch.Tensor)
+            and isinstance(stats.get("std"), torch.Tensor)):
+        raise ConversionError(f"{latents}: the classifier's inferred-latents file holds no tensors 'mean' and 'std'")
+    return official.checked_classifier(list(official.CELEBAHQ_ATTRIBUTES), ema.get("weight"), ema.get("bias"),
+                                       stats["mean"].reshape(-1), stats["std"].reshape(-1), path)
+
+
+def latents_path(path):
+    """The inferred-latents file of a PDAE classifier: its config.yml's inferred_latents, else the sampler's default."""
+    base = root(path)
+    if base is None:
+        raise ConversionError(f"{path}: not inside a trained-models/ folder, so its inferred latents (the mean and "
+                              f"std of z) cannot be found; keep the official folders as downloaded")
+    cfg_path = config_path(path)
+    if not os.path.isfile(cfg_path):
+        return os.path.join(base, LATENTS_DEFAULT)
+    try:
+        with open(cfg_path, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{cfg_path}: cannot be read as UTF-8 text ({type(e).__name__})") from None
+    cfg = parse_yaml(text, cfg_path)
+    return os.path.normpath(os.path.join(base, setting(cfg, "inferred_latents", "str", cfg_path)))

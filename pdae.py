@@ -21,7 +21,7 @@ from torch import nn
 
 from diffusion import Diffusion, _bcast, posterior_variance_on
 from encoder import PDAEEncoder, PDAEEncoderConfig
-from nn import AttentionBlock, ResBlock, ada_group_norm, weights_sha256
+from nn import ResBlock, ada_group_norm, attention, weights_sha256
 from unet import UNet, UNetConfig, check_input_skip, decoder_half, run_block
 
 
@@ -117,7 +117,7 @@ class GradientEstimator(nn.Module):
         self.cfg = cfg
         E = cfg.embed_dim
         block = lambda a, b, **kw: ShiftResBlock(a, b, E, E, cfg.dropout, groups=cfg.norm_groups, **kw)
-        attn = lambda c: AttentionBlock(c, cfg.num_heads, cfg.norm_groups)
+        attn = lambda c: attention(cfg, c)  # the frozen UNet's heads at every width
         self.z_embed = nn.Linear(z_dim, E)  # z -> the vector every block's (z_s, z_b) projection reads
 
         # the same middle/decoder/output layout as the pre-trained UNet's, with Eq. 9 blocks; out_ch = in_ch

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffusion import Diffusion
-from nn import AttentionBlock, EmbedSequential, ResBlock, normalization, timestep_embedding, zero_module
+from nn import EmbedSequential, ResBlock, attention, normalization, resampler, timestep_embedding, zero_module
 
 
 @dataclass
@@ -30,6 +30,12 @@ class UNetConfig:
     grad_checkpoint: bool = False  # recompute blocks in backward: less memory, more time
     input_skip: dict = None       # CPU presets: eps = sqrt(1 - alphabar_t) x_t + net(x_t, t, z) on this
                                   # schedule ({"T": .., "schedule": ..}); None = ADM's plain output
+    # ADM options that only imported official models use (official.py, official_pdae.py):
+    head_ch: int = None           # channels per attention head (num_head_channels); None = num_heads heads
+    new_attention_order: bool = False  # qkv split into q, k, v before heads (use_new_attention_order)
+    resample: str = "resblock"    # levels change size inside a ResBlock ("resblock"), by a strided /
+                                  # nearest + 3x3 conv ("conv") or by pooling / nearest alone ("pool")
+    time_embed_ch: int = None     # width of the sinusoidal embedding of t; None = ch
 
 
 def skip_channels(cfg: UNetConfig):
@@ -58,7 +64,7 @@ def decoder_half(cfg: UNetConfig, block, attn):
             if res in cfg.attn_res:
                 layers.append(attn(ch))
             if level > 0 and i == cfg.num_res_blocks:
-                layers.append(block(ch, ch, up=True))
+                layers.append(resampler(cfg.resample, ch, block, up=True))
                 res *= 2
             output_blocks.append(EmbedSequential(*layers))
     out = nn.Sequential(normalization(ch, cfg.norm_groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_ch, 3, padding=1)))
@@ -87,8 +93,8 @@ class UNet(nn.Module):
         self.cfg = cfg
         E, Z = cfg.embed_dim, cfg.cond_dim
         block = lambda a, b, **kw: ResBlock(a, b, E, Z, cfg.dropout, groups=cfg.norm_groups, **kw)
-        attn = lambda c: AttentionBlock(c, cfg.num_heads, cfg.norm_groups)
-        self.time_embed = nn.Sequential(nn.Linear(cfg.ch, E), nn.SiLU(), nn.Linear(E, E))
+        attn = lambda c: attention(cfg, c)
+        self.time_embed = nn.Sequential(nn.Linear(cfg.time_embed_ch or cfg.ch, E), nn.SiLU(), nn.Linear(E, E))
 
         ch = cfg.ch * cfg.ch_mult[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_ch, ch, 3, padding=1))])
@@ -101,7 +107,7 @@ class UNet(nn.Module):
                     layers.append(attn(ch))
                 self.input_blocks.append(EmbedSequential(*layers))
             if level < len(cfg.ch_mult) - 1:
-                self.input_blocks.append(EmbedSequential(block(ch, ch, down=True)))
+                self.input_blocks.append(EmbedSequential(resampler(cfg.resample, ch, block, up=False)))
                 res //= 2
         self.middle_block, self.output_blocks, self.out = decoder_half(cfg, block, attn)
         if cfg.input_skip is not None:
@@ -111,7 +117,7 @@ class UNet(nn.Module):
             self.register_buffer("skip_coef", (1 - ab).sqrt().float(), persistent=False)  # (T,)
 
     def embed_time(self, t):
-        return self.time_embed(timestep_embedding(t, self.cfg.ch))  # (B, E)
+        return self.time_embed(timestep_embedding(t, self.cfg.time_embed_ch or self.cfg.ch))  # (B, E)
 
     def _run(self, block, h, emb, cond):
         return run_block(self, block, h, emb, cond)

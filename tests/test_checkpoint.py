@@ -219,3 +219,13 @@ def test_no_import_cycles_among_top_level_imports():
 
     cycles = [m for m in ours if m in reach(m)]
     assert not cycles, cycles
+
+
+def test_a_released_classifier_is_read_or_refused_in_one_line(tmp_path):
+    import os
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "official-diffae", "ffhq_autoenc_cls_tiny.ckpt")
+    c = checkpoint.read_classifier(fixture)
+    assert len(c["names"]) == c["weight"].shape[0] == c["bias"].shape[0] and c["weight"].shape[1] == c["mean"].shape[0]
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.read_classifier(str(tmp_path / "junk.ckpt"))

@@ -3,22 +3,29 @@
 Fixtures (README beside them): a tiny pre-trained DPM, PDAE autoencoder and latent DPM in the
 official folder layout with random weights, and reference.pt, what the official code computes from
 them. The property tests at the end need no fixtures: they export a model of ours with another
-architecture under the official names and configs, and import it back.
+architecture under the official names and configs, and import it back. tests/fixtures/official-pdae
+(made by tests/fixtures/make_official.py) adds a DPM with other UNet options and the manipulation
+classifier.
 """
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import checkpoint
+import classifier
+import official
 import official_pdae
 import pdae
 from checkpoint import CheckpointError
 from diffusion import Diffusion
 from encoder import PDAEEncoder, PDAEEncoderConfig
 from latent_ddim import LatentDDIM, LatentNetConfig
-from unet import UNetConfig
+from nn import AttentionBlock
+from unet import UNet, UNetConfig
 
 yaml = pytest.importorskip("yaml")  # reading the official config.yml files needs PyYAML
 
@@ -302,14 +309,162 @@ def test_a_config_that_disagrees_with_the_weights_names_the_first_key(tmp_path):
         checkpoint.load(paths["autoenc"])
 
 
-@pytest.mark.parametrize("option,value", [("head_channel", 32), ("use_new_attention_order", True),
-                                          ("learn_sigma", True), ("num_class", 10)])
-def test_unimplemented_official_options_are_refused(tmp_path, option, value):
+REFUSED = [  # (config.yml, option, value, what the one-line message names)
+    ("dpm", "learn_sigma", True, "denoise_fn_config.learn_sigma=True is not implemented"),
+    ("dpm", "num_class", 10, "denoise_fn_config.num_class=10 is not implemented"),
+    ("dpm", "dims", 3, "denoise_fn_config.dims=3 is not implemented"),
+    ("dpm", "head_channel", 24, "denoise_fn_config.head_channel=24 does not divide the attention width 64"),
+    ("latent", "num_layers", 1, "latent_denoise_fn_config.num_layers=1 is not implemented"),
+]
+
+
+@pytest.mark.parametrize("which,option,value,says", REFUSED, ids=[r[1] for r in REFUSED])
+def test_what_cannot_be_built_is_refused_in_one_line_naming_it(tmp_path, which, option, value, says):
     os.makedirs(tmp_path / "trained-models" / "latents")
-    cfg = {**DPM_YAML, "denoise_fn_config": {**DPM_YAML["denoise_fn_config"], option: value}}
-    paths = export(ours_model(), str(tmp_path), dpm_yaml=cfg)
-    with pytest.raises(CheckpointError, match=f"denoise_fn_config.{option}={value!r} is not implemented"):
-        checkpoint.load(paths["autoenc"])
+    section = {"dpm": "denoise_fn_config", "latent": "latent_denoise_fn_config"}[which]
+    base = {"dpm": DPM_YAML, "latent": LATENT_YAML}[which]
+    edited = {**base, section: {**base[section], option: value}}
+    paths = export(ours_model(), str(tmp_path), **({"dpm_yaml": edited} if which == "dpm" else {}))
+    if which == "latent":
+        write(os.path.dirname(paths["latent"]), torch.load(paths["latent"], weights_only=True), edited)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(paths["latent"])
+    assert says in str(e.value) and "\n" not in str(e.value) and "config.yml" in str(e.value), str(e.value)
+
+
+def test_head_channel_on_one_attention_width_imports_the_autoencoder_too(tmp_path):
+    """heads = width // head_channel: 64 // 32 = 2, what ours_model has; G reads the same."""
+    os.makedirs(tmp_path / "trained-models" / "latents")
+    cfg = {**DPM_YAML, "denoise_fn_config": {**DPM_YAML["denoise_fn_config"], "num_heads": 1, "head_channel": 32}}
+    model = ours_model()
+    ck = checkpoint.load(export(model, str(tmp_path), dpm_yaml=cfg)["autoenc"])
+    assert (ck["config"]["unet"]["num_heads"], ck["config"]["unet"]["head_ch"]) == (2, 32)
+    back, x, t, z = checkpoint.build(ck), torch.rand(2, 3, 64, 64) * 2 - 1, torch.tensor([3, 800]), torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.equal(back.eps_fn(z)(x, t), model.eps_fn(z)(x, t))
+
+
+def attention_settings(*blocks):
+    return [(m.num_heads, m.new_order) for b in blocks for m in b.modules() if isinstance(m, AttentionBlock)]
+
+
+@pytest.mark.parametrize("edit", [{"attn_res": (64, 32), "head_ch": 32}, {"new_attention_order": True}],
+                         ids=["head_ch at two widths", "new attention order"])
+def test_an_autoencoder_s_gradient_estimator_mirrors_the_frozen_attention_or_is_refused(edit):
+    """The official ShiftUNet copies the UNet's attention into its shift blocks: ours must too, or refuse."""
+    cfg = replace(UNET, **edit)
+    unet, G = UNet(cfg), pdae.GradientEstimator(cfg, 16)
+    mirrors = attention_settings(unet.middle_block, unet.output_blocks) == attention_settings(G.middle_block,
+                                                                                               G.output_blocks)
+    if mirrors:
+        official_pdae.check_shift_attention(cfg, "config.yml")
+    else:
+        with pytest.raises(official_pdae.ConversionError, match=r"config\.yml: a PDAE autoencoder on a DPM with official option denoise_fn_config\."):
+            official_pdae.check_shift_attention(cfg, "config.yml")
+
+
+# --- more official files: tests/fixtures/official-pdae (tests/fixtures/README.md) ------------------------
+
+OPTIONS = os.path.join(ROOT, "tests", "fixtures", "official-pdae")
+DPM_OPTIONS = os.path.join(OPTIONS, "pre-trained-dpms", "dpm_head_channel", "checkpoint.pt")
+CLASSIFIER = os.path.join(OPTIONS, "trained-models", "classifier", "celebahq_tiny", "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def option_ref():
+    return torch.load(os.path.join(OPTIONS, "reference.pt"), weights_only=True)
+
+
+def test_a_dpm_with_head_channel_two_attention_factors_and_the_new_order(option_ref):
+    ck = checkpoint.load(DPM_OPTIONS)
+    u = ck["config"]["unet"]
+    assert (ck["kind"], u["ch"], tuple(u["ch_mult"]), tuple(u["attn_res"]), u["in_ch"]) == ("ddim", 8, (4, 4), (16, 8), 1)
+    assert (u["head_ch"], u["num_heads"], u["new_attention_order"], u["embed_dim"]) == (8, 4, True, 32)
+    with torch.no_grad():
+        eps = checkpoint.build(ck)(option_ref["x_t"], option_ref["t"])
+    assert rel(eps, option_ref["dpm_head_channel"]["eps"]) < 1e-5
+
+
+# --- the released manipulation classifier ----------------------------------------------------------------
+
+def test_read_classifier_returns_the_ema_classifier_and_the_inferred_latents_statistics():
+    c = official_pdae.read_classifier(CLASSIFIER)
+    raw = torch.load(CLASSIFIER, weights_only=True)
+    stats = torch.load(os.path.join(OPTIONS, "trained-models", "latents", "celebahq_tiny.pt"), weights_only=True)
+    assert set(c) == {"names", "weight", "bias", "mean", "std"} and c["names"][24] == "No_Beard" and len(c["names"]) == 40
+    assert torch.equal(c["weight"], raw["ema_classifier"]["weight"]) and torch.equal(c["bias"], raw["ema_classifier"]["bias"])
+    assert not torch.equal(c["weight"], raw["classifier"]["weight"])  # the sampler's EMA, not the raw layer
+    assert torch.equal(c["mean"], stats["mean"]) and torch.equal(c["std"], stats["std"])
+
+
+def test_the_official_manipulation_equals_classifier_manipulate(option_ref):
+    """GaussianDiffusion.manipulation_sample: z_norm + scale sqrt(512) F.normalize(weight[attr]), denormalised."""
+    c, ref = official_pdae.read_classifier(CLASSIFIER), option_ref["classifier"]
+    ours = torch.stack([classifier.manipulate(z, F.normalize(c["weight"][int(a)], dim=0), float(s), c["mean"], c["std"])
+                        for z, a, s in zip(ref["z"], ref["attr"], ref["scale"])])
+    assert rel(ours - ref["z"], ref["z_manipulated"] - ref["z"]) < 1e-5
+    assert torch.allclose(ours, ref["z_manipulated"], atol=1e-5)
+
+
+def test_one_reader_takes_either_repository_s_classifier():
+    diffae_file = os.path.join(ROOT, "tests", "fixtures", "official-diffae", "ffhq_autoenc_cls_tiny.ckpt")
+    a, b = official_pdae.read_classifier(diffae_file), official.read_classifier(diffae_file)
+    assert a["names"] == b["names"] and all(torch.equal(a[k], b[k]) for k in ("weight", "bias", "mean", "std"))
+
+
+def classifier_copy(root, config=True, stats=True):
+    folder = root / "trained-models" / "classifier" / "x"
+    folder.mkdir(parents=True)
+    shutil.copy(CLASSIFIER, folder / "checkpoint.pt")
+    if config:
+        shutil.copy(os.path.join(os.path.dirname(CLASSIFIER), "config.yml"), folder / "config.yml")
+    if stats:
+        (root / "trained-models" / "latents").mkdir()
+        shutil.copy(os.path.join(OPTIONS, "trained-models", "latents", "celebahq_tiny.pt"),
+                    root / "trained-models" / "latents" / ("celebahq_tiny.pt" if config else "celebahq.pt"))
+    return folder / "checkpoint.pt"
+
+
+def test_without_a_config_the_statistics_are_where_the_official_sampler_reads_them(tmp_path):
+    c = official_pdae.read_classifier(classifier_copy(tmp_path, config=False))
+    assert torch.equal(c["mean"], official_pdae.read_classifier(CLASSIFIER)["mean"])
+
+
+def _written(tmp_path, content):
+    path = tmp_path / "trained-models" / "classifier" / "x" / "checkpoint.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(content, path)
+    return path
+
+
+def _stats_only_mean(root):
+    path = classifier_copy(root)
+    torch.save({"mean": torch.zeros(512)}, root / "trained-models" / "latents" / "celebahq_tiny.pt")
+    return path
+
+
+CLASSIFIER_CASES = {  # case -> (how the file or its folder is made, what the one-line message says)
+    "no statistics": (lambda p: classifier_copy(p, stats=False), "latents/celebahq_tiny.pt', which does not exist"),
+    "statistics without std": (_stats_only_mean, "holds no tensors 'mean' and 'std'"),
+    "outside trained-models": (lambda p: shutil.copy(CLASSIFIER, p / "c.pt"), "not inside a trained-models/ folder"),
+    "no ema_classifier": (lambda p: _written(p, {"classifier": {}}), "not an official attribute classifier"),
+    "wrong shape": (lambda p: _written(p, {"ema_classifier": {"weight": torch.zeros(40, 7), "bias": torch.zeros(40)}}),
+                    "mean has shape (512,); its weight (40, 7) implies (7,)"),
+    "no bias": (lambda p: _written(p, {"ema_classifier": {"weight": torch.zeros(40, 512)}}), "bias is NoneType"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLASSIFIER_CASES))
+def test_a_malformed_classifier_is_one_line(tmp_path, case):
+    make, says = CLASSIFIER_CASES[case]
+    path = make(tmp_path)
+    if case not in ("no statistics", "statistics without std", "outside trained-models"):
+        (tmp_path / "trained-models" / "latents").mkdir()
+        shutil.copy(os.path.join(OPTIONS, "trained-models", "latents", "celebahq_tiny.pt"),
+                    tmp_path / "trained-models" / "latents" / "celebahq.pt")
+    with pytest.raises(official_pdae.ConversionError) as e:
+        official_pdae.read_classifier(path)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_yaml_numbers_are_parsed_by_hand():
