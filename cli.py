@@ -17,6 +17,10 @@ class UsageError(Exception):
     """The command was used wrongly: nothing was run, nothing written (exit code 2)."""
 
 
+class Failure(Exception):
+    """Work that started and could not finish, for a reason the message names (exit code 1)."""
+
+
 def usage_error(msg):
     raise UsageError(msg)
 
@@ -32,6 +36,9 @@ def entry(main):
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2)
+        except Failure as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1)
         except KeyboardInterrupt:
             print("\ninterrupted: files written so far are whole (every write is atomic)", file=sys.stderr)
             raise SystemExit(130)

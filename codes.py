@@ -167,6 +167,17 @@ def direction_for(model, ck, ckpt_path, attr, src, l2=classifier.DIRECTION_WEIGH
     return direction, mean, std
 
 
+def released_direction(path, attr):
+    """(direction, mean, std) from a released classifier file: its row for `attr`, as a unit vector, and the
+    code statistics it normalises by (the official notebooks' edit, with no dataset on disk)."""
+    try:
+        c = checkpoint.read_classifier(path)
+    except checkpoint.CheckpointError as e:
+        cli.usage_error(f"--classifier: {e}")
+    i = attribute_index(c["names"], attr)
+    return torch.nn.functional.normalize(c["weight"][i].float(), dim=0), c["mean"].float(), c["std"].float()
+
+
 def direction_cache(ck, ckpt_path, attr, src, l2):
     """Where a direction is cached: keyed by the data (or the labels file's contents), the attribute,
     the probe's L2 strength and the checkpoint's weights, so nothing stale is ever reused."""

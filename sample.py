@@ -11,9 +11,11 @@ Diff-AE checkpoints are read directly. Outputs go under --out (default: beside t
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -34,10 +36,15 @@ def held_out(ck, n, args):
 
 
 def write_json(path, obj):
-    """Atomically, so an interrupted command never leaves half a file (a partial result is whole)."""
+    """Atomically, so an interrupted command never leaves half a file (a partial result is whole); a score
+    that does not exist (NaN: an attribute with one class among the images) is written as null, as JSON has it."""
+    def plain(o):
+        if isinstance(o, float) and math.isnan(o):
+            return None
+        return {k: plain(v) for k, v in o.items()} if isinstance(o, dict) else [plain(v) for v in o] if isinstance(o, list) else o
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(f"{path}.tmp{os.getpid()}", "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(plain(obj), f, indent=1, allow_nan=False)
     os.replace(f"{path}.tmp{os.getpid()}", path)
 
 
@@ -69,7 +76,8 @@ def cmd_interpolate(kind, model, d, ck, args):
     x = x.to(args.device)
     a, b = x[0::2][:args.n], x[1::2][:args.n]
     if len(b) == 0:
-        cli.usage_error("interpolate goes from one image to another: give at least two (--images A B, or --n 1 or more)")
+        cli.usage_error("interpolate goes from one image to another: give at least two (--images A B" + (
+            ")" if args.images else "; the held-out split, every 100th image of the dataset, has only one)"))
     alphas = torch.linspace(0, 1, args.frames).tolist()
     rows = []
     with torch.inference_mode():
@@ -126,7 +134,7 @@ def cmd_eval(kind, model, d, ck, args):
         modes = ["inferred"]  # a random x_T carries nothing of the input without a z_sem
     results = {"checkpoint": args.ckpt, "kind": kind, "grid": d.grid, "n_images": len(x), "rows": []}
     path = os.path.join(args.out, "eval.json")
-    referee = toyfaces_judge(names, x.shape[-1], "the attribute judge") if args.judge and "random" in modes and names else None
+    referee = toyfaces_judge(names, x.shape[-1], "the attribute judge") if args.judge and "random" in modes else None
     lpips_fn, why_not = metrics.lpips_model(args.device)
     if lpips_fn is None:
         print(f"LPIPS: skipped ({why_not})")
@@ -138,8 +146,14 @@ def cmd_eval(kind, model, d, ck, args):
             write_json(path, results)  # after every row: an evaluation stopped midway keeps what it finished
     if names and kind != "ddim" and args.probe:
         results["probe"] = probe(model, ck, args)
-        print(f"linear probe on z_sem: mean balanced accuracy {results['probe']['mean']:.3f} over {len(names)} attributes "
-              f"(an untrained encoder of the same architecture: {results['probe']['untrained_encoder']['mean']:.3f})")
+        if math.isnan(results["probe"]["mean"]):  # every attribute has one value only among the held-out images
+            print("linear probe on z_sem: no score, as no attribute takes both values among the held-out images "
+                  "(every 100th image, or CelebA's partition 2); add images")
+        else:
+            print(f"linear probe on z_sem: mean balanced accuracy {results['probe']['mean']:.3f} over {len(names)} attributes "
+                  f"(an untrained encoder of the same architecture: {results['probe']['untrained_encoder']['mean']:.3f})")
+    elif kind != "ddim" and args.probe:
+        print("linear probe on z_sem: skipped (this dataset has no labels)")
     write_json(path, results)
     print(f"wrote {path}")
 
@@ -198,6 +212,8 @@ def probe(model, ck, args):
 # --- the semantic latent space (Diff-AE §5.3, §5.6, §5.7) -------------------------------------
 
 def direction_for(model, ck, args):
+    if args.classifier:
+        return codes.released_direction(args.classifier, args.attr)
     return codes.direction_for(model, ck, args.ckpt, args.attr, args.src, args.direction_l2, args.seed,
                                args.batch_size, args.device)
 
@@ -207,12 +223,16 @@ def cmd_manipulate(kind, model, d, ck, args):
     if kind == "ddim":
         cli.usage_error("manipulate needs a semantic code: use a Diff-AE or PDAE checkpoint")
     direction, mean, std = direction_for(model, ck, args)
-    x, y, names = held_out(ck, args.n, args)
+    # the images to edit need no labels (a --labels-csv may label the training images only); --measure's do
+    x, y, names = codes.held_out(ck, args.n, args.src if args.measure else replace(args.src, labels_csv=None))
     if args.measure:
         return measure_manipulation(kind, model, d, args, (x, y, names), (direction, mean, std))
     x = x.to(args.device)
     with torch.inference_mode():
         z, x_T = encode(kind, model, d, x, args.invert_steps)
+        if direction.numel() != z.shape[1]:
+            cli.usage_error(f"the direction has {direction.numel()} dimensions, this model's z_sem {z.shape[1]}: "
+                            f"use the classifier released with this model")
         outs = [decode(kind, model, d, classifier.manipulate(z, direction.to(z), s, mean.to(z), std.to(z)), x_T, args.steps)
                 for s in args.scale]
     rows = [torch.cat([x[i:i + 1]] + [o[i:i + 1] for o in outs]) for i in range(len(x))]
@@ -287,6 +307,9 @@ def cmd_conditional(kind, model, d, ck, args):
     if not bool(torch.all((y[:, a] == 0) | (y[:, a] == 1))):
         cli.usage_error(f"conditional needs a binary label (0/1); {args.attr} takes other values: "
                         f"use manipulate for a continuous one")
+    if len(y[:, a].unique()) < 2:  # no classifier separates one class (and PU needs positives)
+        cli.usage_error(f"every training image has {args.attr} = {float(y[0, a]):g}: conditional needs images with and "
+                        f"without it; choose another --attr or give labels with both values (--labels-csv)")
     g = torch.Generator().manual_seed(args.seed)
     pos, neg = torch.nonzero(y[:, a] == 1).flatten(), torch.nonzero(y[:, a] == 0).flatten()
     pos, neg = pos[torch.randperm(len(pos), generator=g)], neg[torch.randperm(len(neg), generator=g)]
@@ -300,7 +323,10 @@ def cmd_conditional(kind, model, d, ck, args):
     prob_fn = lambda zz: torch.sigmoid(probe(classifier.normalize(zz.cpu(), mean, std)))[:, 0]
     sample_fn = lambda m: model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device).cpu()
     with torch.inference_mode():
-        zs, stats = classifier.rejection_sample(sample_fn, prob_fn, args.n, generator=g)
+        try:
+            zs, stats = classifier.rejection_sample(sample_fn, prob_fn, args.n, generator=g)
+        except RuntimeError as e:  # the latent DDIM almost never makes a code the classifier accepts
+            raise cli.Failure(f"conditional {args.attr}: {e}; the model is too young or the attribute too rare for it")
     x = generate(kind, model, d, args.n, args, z=zs)
     res = {"attr": args.attr, "labels": args.labels, "n": args.n, "rejection": stats}
     referee = toyfaces_judge(names, x.shape[-1], "the attribute rate of the samples")
@@ -408,7 +434,8 @@ def cmd_diagnose(kind, model, d, ck, args):
         cli.usage_error("diagnose asks whether a decoder uses z_sem: pass a Diff-AE or PDAE checkpoint")
     x, _, _ = held_out(ck, args.n, args)
     if len(x) < 2:
-        cli.usage_error("diagnose compares images with each other: give at least two (--n 2 or more, or --images A B)")
+        cli.usage_error(f"diagnose compares images with each other: got {len(x)}; give at least two (--n 2 or more, or "
+                        f"--images A B; the held-out split holds every 100th image of the dataset)")
     with torch.inference_mode():
         u = codes.z_usage(model, d, x.to(args.device), args.steps, args.seed)
     u["verdict"] = codes.z_usage_verdict(u)
@@ -510,6 +537,8 @@ FLAGS = {
     "direction-l2": (cli.positive_float, None, "L2 strength of the probe whose normal is the direction (default "
                                                "classifier.DIRECTION_WEIGHT_DECAY; smaller: sharper, further off the codes)"),
     "labels": (cli.one_of("binary", "pu"), "binary", "Table 3's setups: binary or pu"),
+    "classifier": (str, None, "a released attribute classifier (Diff-AE's *_autoenc_cls last.ckpt, PDAE's classifier "
+                              "checkpoint.pt): its direction for --attr, no dataset needed"),
     "labels-csv": (str, None, "your labels: CSV with columns file,label1,... (binary or continuous)"),
     "latent-steps": (cli.positive_int, None, "latent DDIM steps (default: --steps)"),
     "invert-steps": (cli.positive_int, None, "DDIM steps of the inversion to x_T (default: --steps; for released "
@@ -525,7 +554,7 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
     "vary": (cmd_vary, IMAGES + ["frames"], "one z_sem, several random x_T (Diff-AE Fig. 3)"),
     "predict-x0": (cmd_predict_x0, IMAGES, "predicted x0 along the run (Diff-AE Fig. 6)"),
     "eval": (cmd_eval, IMAGES + ["T", "x-T", "probe-train", "no-probe", "no-judge"], "reconstruction and probe tables (Tables 1-2)"),
-    "manipulate": (cmd_manipulate, IMAGES + ["invert-steps", "attr", "scale", "direction-l2", "measure", "labels-csv", "probe-train"],
+    "manipulate": (cmd_manipulate, IMAGES + ["invert-steps", "attr", "scale", "direction-l2", "measure", "labels-csv", "classifier", "probe-train"],
                    "move z_sem along an attribute direction (Diff-AE §5.3, Fig. 5)"),
     "sample": (cmd_sample, ["steps", "n", "batch-size", "frames", "latent-steps"], "unconditional samples from the latent DDIM"),
     "conditional": (cmd_conditional, IMAGES + ["attr", "labels", "labels-csv", "latent-steps", "frames", "probe-train"],

@@ -19,6 +19,10 @@ if __name__ == "__main__":
         print(__doc__.strip(), file=sys.stderr)
         sys.exit(2)
     names, script, args = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
+    unknown = [n for n in names if n not in student.EXERCISES]
+    if unknown:
+        print(f"error: no exercise {', '.join(unknown)}; the exercises are: {', '.join(student.EXERCISES)}", file=sys.stderr)
+        sys.exit(2)
     for name in names:
         try:
             done = student.install(name)

@@ -319,3 +319,25 @@ def test_align_puts_the_users_photos_through_ffhq_alignment(ckpts, tmp_path, mon
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "reconstruct", "--align"])
     assert e.value.code == 2
+
+
+def test_manipulate_with_a_released_classifier_needs_no_dataset(ckpts, tmp_path, monkeypatch):
+    """--classifier: the file's row for --attr as a unit direction, with its own code statistics (the official edit)."""
+    g = torch.Generator().manual_seed(0)
+    z_dim = checkpoint.load(ckpts / "ae" / "ckpt.pt")["config"]["encoder"]["z_dim"]
+    c = {"names": ["Smiling", "Bald"], "weight": torch.randn(2, z_dim, generator=g), "bias": torch.zeros(2),
+         "mean": torch.randn(z_dim, generator=g), "std": torch.rand(z_dim, generator=g) + 0.5}
+    monkeypatch.setattr(checkpoint, "read_classifier", lambda path: c)
+    direction, mean, std = codes.released_direction("cls.ckpt", "Bald")
+    assert torch.allclose(direction, c["weight"][1] / c["weight"][1].norm()) and torch.equal(mean, c["mean"])
+    from PIL import Image
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(tmp_path / "me.png")
+    out = tmp_path / "m"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "manipulate", "--classifier", "cls.ckpt", "--attr", "Bald",
+                        "--images", str(tmp_path / "me.png"), "--scale", "0,0.3", "--steps", "2", "--out", str(out),
+                        "--data", "nowhere"]) == 0  # no dataset is read
+    assert (out / "manipulate_Bald_T2.png").exists()
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "manipulate", "--classifier", "cls.ckpt", "--attr", "Young",
+                     "--images", str(tmp_path / "me.png"), "--out", str(out)])
+    assert e.value.code == 2
