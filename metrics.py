@@ -157,3 +157,39 @@ def lpips_model(device="cpu"):
 def lpips_distance(fn, a, b):
     """Per-image LPIPS of images in [-1, 1], the range the lpips package takes (shape [B])."""
     return fn(a.float(), b.float()).flatten()
+
+
+# ----------------------------------------------------------------------------
+# How Gaussian an inferred x_T is (Diff-AE App. J), and nearest neighbours (App. C)
+
+
+def noise_statistics(x):
+    """Per image, how far x [B, C, H, W] is from N(0, I) noise: its mean, std, skewness, excess kurtosis
+    (0, 1, 0, 0 for Gaussian noise) and the correlation of horizontally and of vertically adjacent
+    pixels (0 for independent noise). A dict of [B] tensors."""
+    x = x.double().flatten(1)
+    mu, sd = x.mean(1), x.std(1)
+    u = (x - mu[:, None]) / sd[:, None]
+    return {"mean": mu, "std": sd, "skew": u.pow(3).mean(1), "excess_kurtosis": u.pow(4).mean(1) - 3}
+
+
+def adjacent_correlation(x):
+    """The mean correlation of horizontally and vertically adjacent pixels, per image ([B, C, H, W] -> [B])."""
+    x = x.double()
+    x = (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True)
+    h = (x[..., :, 1:] * x[..., :, :-1]).mean((1, 2, 3))
+    v = (x[..., 1:, :] * x[..., :-1, :]).mean((1, 2, 3))
+    return (h + v) / 2
+
+
+def nearest(queries, keys, k=1):
+    """(distances [Q, k], indices [Q, k]) of each query's k nearest keys by mean squared difference
+    (images [N, C, H, W] or codes [N, D]), computed in chunks so memory stays bounded."""
+    q, kk = queries.flatten(1).double(), keys.flatten(1).double()
+    dists, idx = [], []
+    for part in q.split(256):
+        d = (part.square().sum(1, keepdim=True) - 2 * part @ kk.T + kk.square().sum(1)).clamp_min(0) / q.shape[1]
+        top = d.topk(k, dim=1, largest=False)
+        dists.append(top.values)
+        idx.append(top.indices)
+    return torch.cat(dists).float(), torch.cat(idx)

@@ -94,20 +94,82 @@ def cmd_interpolate(kind, model, d, ck, args):
 
 
 def cmd_vary(kind, model, d, ck, args):
+    """Diff-AE Fig. 3 and Fig. 10 / App. D: decodings of one z_sem from random x_T, and their per-pixel mean
+    and standard deviation: what z_sem fixes (the mean) and what x_T decides (where the deviation is)."""
     if kind == "ddim":
         cli.usage_error("vary needs a semantic code: use a Diff-AE or PDAE checkpoint")
     x, _, _ = held_out(ck, args.n, args)
     x = x.to(args.device)
     g = torch.Generator().manual_seed(args.seed)
-    rows = []
+    rows, maps = [], []
     with torch.inference_mode():
         z = model.encode(x)
         for i in range(len(x)):
             zi = z[i:i + 1].expand(args.frames, -1)
             noise = torch.randn((args.frames,) + x.shape[1:], generator=g).to(x.device)
-            rows.append(torch.cat([x[i:i + 1], decode(kind, model, d, zi, noise, args.steps)]))
+            dec = decode(kind, model, d, zi, noise, args.steps).float()
+            rows.append(torch.cat([x[i:i + 1], dec]))
+            std = dec.std(0, keepdim=True).mean(1, keepdim=True).expand(-1, 3, -1, -1)  # one grey map per image
+            maps.append(torch.cat([x[i:i + 1], dec.mean(0, keepdim=True), std / std.max().clamp_min(1e-8) * 2 - 1]))
     path = save_grid(os.path.join(args.out, f"vary_T{args.steps}.png"), rows)
-    print(f"wrote {path}: each row = input, then {args.frames} decodings of its z_sem with random x_T")
+    mpath = save_grid(os.path.join(args.out, f"vary_mean_std_T{args.steps}.png"), maps)
+    print(f"wrote {path}: each row = input, then {args.frames} decodings of its z_sem with random x_T\n"
+          f"wrote {mpath}: each row = input, the per-pixel mean of those decodings, their standard deviation "
+          f"(white = most variation, scaled per image)")
+
+
+def cmd_ood(kind, model, d, ck, args):
+    """Diff-AE Fig. 11-12 / App. J: images shifted by --shift pixels (and --images of another kind) are still
+    reconstructed, while their inferred x_T stops looking like N(0, I) noise; in-distribution rows beside them."""
+    if kind == "ddim":
+        cli.usage_error("ood asks what z_sem and x_T make of unusual inputs: use a Diff-AE or PDAE checkpoint")
+    x, _, _ = codes.held_out(ck, args.n, replace(args.src, images=None))
+    sets = {"held-out": x, f"shifted {args.shift}px": torch.roll(x, (args.shift, args.shift), (2, 3))}
+    if args.images:
+        sets["--images"] = codes.user_images(ck, args.src)
+    res, rows = {"T": args.steps, "shift": args.shift, "sets": {}}, []
+    with torch.inference_mode():
+        for name, xs in sets.items():
+            z, x_T = encode(kind, model, d, xs.to(args.device), args.steps)
+            rec = decode(kind, model, d, z, x_T, args.steps).float().cpu()
+            stats = metrics.noise_statistics(x_T.cpu())
+            stats["adjacent_correlation"] = metrics.adjacent_correlation(x_T.cpu())
+            res["sets"][name] = {"mse": float(metrics.mse(rec, xs).mean()), **{k: float(v.mean()) for k, v in stats.items()}}
+            rows += [xs, rec, (x_T.float().cpu() / 3).clamp(-1, 1)]  # x_T shown at +-3 sigma
+            r = res["sets"][name]
+            print(f"{name:>14s}: reconstruction MSE {r['mse']:.2e}; inferred x_T: mean {r['mean']:+.3f}, std {r['std']:.3f}, "
+                  f"skew {r['skew']:+.3f}, excess kurtosis {r['excess_kurtosis']:+.3f}, adjacent-pixel correlation "
+                  f"{r['adjacent_correlation']:+.3f} (noise: 0, 1, 0, 0, 0)")
+    path = save_grid(os.path.join(args.out, f"ood_T{args.steps}.png"), rows)
+    write_json(os.path.join(args.out, "ood.json"), res)
+    print(f"wrote {path} and ood.json: per set three rows, input | reconstruction | inferred x_T")
+
+
+def cmd_neighbours(kind, model, d, ck, args):
+    """Diff-AE Fig. 9 / App. C: does the latent DDIM memorise? Each sample beside its nearest training images
+    by image MSE and by normalised z_sem distance, and how close samples sit to the training set against
+    held-out images (a memorising model's samples sit closer than held-out data does)."""
+    if kind == "ddim" or model.latent is None:
+        cli.usage_error("neighbours asks whether the latent DDIM memorises: pass a checkpoint with one (train.py --model latent)")
+    samples = generate(kind, model, d, args.n, args)
+    train_ds = codes.dataset_of(ck, args.src, "train")
+    X, _ = codes.items(train_ds, torch.arange(min(args.search, len(train_ds))))
+    held, _, _ = held_out(ck, args.n, args)
+    mean, std = model.latent.mean.float().cpu(), model.latent.std.float().cpu()
+    zn = lambda imgs: classifier.normalize(codes.encode_all(model, imgs, args.batch_size, args.device), mean, std)
+    z_train = zn(X)
+    d_img, i_img = metrics.nearest(samples, X, k=args.k)
+    d_z, i_z = metrics.nearest(zn(samples), z_train, k=args.k)
+    d_held, _ = metrics.nearest(held, X, k=1)
+    rows = [torch.cat([samples[j:j + 1], X[i_img[j]], X[i_z[j]]]) for j in range(len(samples))]
+    path = save_grid(os.path.join(args.out, f"neighbours_T{args.steps}.png"), rows)
+    q = lambda t: [round(float(v), 5) for v in t.float().quantile(torch.tensor([0.1, 0.5, 0.9]))]
+    res = {"n_train": len(X), "k": args.k, "sample_to_train_mse_q10_50_90": q(d_img[:, 0]),
+           "heldout_to_train_mse_q10_50_90": q(d_held[:, 0]), "sample_to_train_z_q10_50_90": q(d_z[:, 0])}
+    write_json(os.path.join(args.out, "neighbours.json"), res)
+    print(f"nearest training image (MSE), quantiles 10/50/90%: samples {res['sample_to_train_mse_q10_50_90']}, "
+          f"held-out images {res['heldout_to_train_mse_q10_50_90']} (samples much closer than held-out data: memorised)")
+    print(f"wrote {path}: each row = sample, its {args.k} nearest training images by image MSE, then by normalised z_sem")
 
 
 def cmd_predict_x0(kind, model, d, ck, args):
@@ -526,6 +588,9 @@ FLAGS = {
     "n": (cli.positive_int, None, "number of images (default 8; 256 for eval and eval-samples)"),
     "batch-size": (cli.positive_int, 128, "images per network batch"),
     "frames": (cli.ranged(int, 2), 7, "images per row"),
+    "shift": (cli.nonnegative_int, 4, "ood: pixels to shift the held-out images by, right and down"),
+    "k": (cli.positive_int, 3, "neighbours: nearest training images shown per sample"),
+    "search": (cli.positive_int, 10_000, "neighbours: training images searched (the first ones of the training split)"),
     "images": (str, None, "your own image files instead of held-out data"),
     "data": (str, None, "dataset to draw held-out images from (default: the checkpoint's)"),
     "data-dir": (str, None, "where that dataset lies"),
@@ -551,7 +616,10 @@ IMAGES = ["steps", "n", "batch-size", "images", "align", "data", "data-dir"]
 COMMANDS = {  # name: (function, its flags, one line for --help)
     "reconstruct": (cmd_reconstruct, IMAGES, "input, from inferred x_T, from random x_T (Diff-AE Fig. 3/10)"),
     "interpolate": (cmd_interpolate, IMAGES + ["frames"], "lerp z_sem, slerp x_T (Diff-AE §5.2, Fig. 4d)"),
-    "vary": (cmd_vary, IMAGES + ["frames"], "one z_sem, several random x_T (Diff-AE Fig. 3)"),
+    "vary": (cmd_vary, IMAGES + ["frames"], "one z_sem, several random x_T, their mean and std maps (Diff-AE Fig. 3, 10)"),
+    "ood": (cmd_ood, IMAGES + ["shift"], "shifted and other-domain inputs: reconstruction and how Gaussian x_T is (Diff-AE Fig. 11-12)"),
+    "neighbours": (cmd_neighbours, ["steps", "n", "batch-size", "latent-steps", "k", "search", "data", "data-dir"],
+                   "latent-DDIM samples beside their nearest training images (Diff-AE Fig. 9)"),
     "predict-x0": (cmd_predict_x0, IMAGES, "predicted x0 along the run (Diff-AE Fig. 6)"),
     "eval": (cmd_eval, IMAGES + ["T", "x-T", "probe-train", "no-probe", "no-judge"], "reconstruction and probe tables (Tables 1-2)"),
     "manipulate": (cmd_manipulate, IMAGES + ["invert-steps", "attr", "scale", "direction-l2", "measure", "labels-csv", "classifier", "probe-train"],

@@ -180,3 +180,30 @@ def test_fid_without_backends_says_what_to_install():
         pass
     with pytest.raises(ImportError, match="pip install"):
         metrics.fid(images(2), images(2))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_true_noise_has_the_moments_and_no_correlation_of_noise(seed):
+    from metrics import adjacent_correlation, noise_statistics
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    s = noise_statistics(x)
+    assert s["mean"].abs().max() < 0.03 and (s["std"] - 1).abs().max() < 0.03
+    assert s["skew"].abs().max() < 0.1 and s["excess_kurtosis"].abs().max() < 0.2
+    assert adjacent_correlation(x).abs().max() < 0.03
+    smooth = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # neighbours share pixels: strongly correlated
+    assert adjacent_correlation(smooth).min() > 0.5
+    skewed = x.exp()
+    assert noise_statistics(skewed)["skew"].min() > 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_key_is_its_own_nearest_neighbour_at_distance_zero(seed):
+    from metrics import nearest
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.rand(30, 3, 8, 8, generator=g)
+    d, i = nearest(keys[[4, 17, 4]], keys, k=2)
+    assert i[:, 0].tolist() == [4, 17, 4] and d[:, 0].abs().max() < 1e-6 and (d[:, 1] > 0).all()
+    q = torch.rand(5, 3, 8, 8, generator=g)
+    brute = ((q[:, None] - keys[None]) ** 2).flatten(2).mean(2)
+    dd, ii = nearest(q, keys, k=3)
+    assert torch.equal(ii, brute.topk(3, largest=False).indices) and torch.allclose(dd, brute.topk(3, largest=False).values, atol=1e-6)

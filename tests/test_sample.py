@@ -341,3 +341,32 @@ def test_manipulate_with_a_released_classifier_needs_no_dataset(ckpts, tmp_path,
         sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "manipulate", "--classifier", "cls.ckpt", "--attr", "Young",
                      "--images", str(tmp_path / "me.png"), "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_vary_writes_the_mean_and_std_maps_of_fig_10(ckpts):
+    out = ckpts / "vary"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "vary", "--n", "2", "--frames", "3", "--steps", "2",
+                        "--out", str(out)]) == 0
+    assert (out / "vary_T2.png").exists() and (out / "vary_mean_std_T2.png").exists()
+
+
+def test_ood_rows_and_statistics(ckpts, tmp_path):
+    from PIL import Image
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(tmp_path / "red.png")
+    out = tmp_path / "ood"
+    assert sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "ood", "--n", "3", "--shift", "2", "--steps", "3",
+                        "--images", str(tmp_path / "red.png"), "--out", str(out)]) == 0
+    res = json.load(open(out / "ood.json"))
+    assert list(res["sets"]) == ["held-out", "shifted 2px", "--images"]
+    assert all(set(r) >= {"mse", "mean", "std", "skew", "excess_kurtosis", "adjacent_correlation"} for r in res["sets"].values())
+
+
+def test_neighbours_of_latent_samples(ckpts):
+    out = ckpts / "nn"
+    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "neighbours", "--n", "3", "--k", "2", "--steps", "2",
+                        "--search", "50", "--out", str(out)]) == 0
+    res = json.load(open(out / "neighbours.json"))
+    assert res["n_train"] == 50 and len(res["sample_to_train_mse_q10_50_90"]) == 3 and (out / "neighbours_T2.png").exists()
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "neighbours", "--out", str(out)])
+    assert e.value.code == 2
