@@ -181,6 +181,18 @@ def test_convert_writes_ours(tmp_path, capsys):
     assert "kind ddim" in capsys.readouterr().out and checkpoint.load(tmp_path / "b.pt")["kind"] == "ddim"
 
 
+@pytest.mark.parametrize("dst", ["a.pt", "b.pt"])
+def test_convert_writes_over_nothing_its_source_included(tmp_path, capsys, dst):
+    """A release converted onto itself, or onto a file already there (a run's ckpt.pt), is refused untouched."""
+    checkpoint.save(tmp_path / "a.pt", ddim_ck())
+    (tmp_path / "b.pt").write_bytes(b"someone else's")
+    before = {p: open(tmp_path / p, "rb").read() for p in ("a.pt", "b.pt")}
+    with pytest.raises(SystemExit) as e:
+        checkpoint.main(["convert", str(tmp_path / "a.pt"), str(tmp_path / dst)])
+    assert e.value.code == 2 and "exists already" in capsys.readouterr().err
+    assert {p: open(tmp_path / p, "rb").read() for p in ("a.pt", "b.pt")} == before
+
+
 # --- imports point one way -----------------------------------------------------------------------------
 
 def imports(module, top_level_only=True):

@@ -93,3 +93,15 @@ def test_check_passes_on_the_reference(name, reference):
     ids = selected(reference, name)
     failed = {nid: reference.text[nid][-300:] for nid in ids if reference.outcome[nid] != "passed"}
     assert not failed, f"{name}: the project's own code fails its exercise checks: {failed}"
+
+
+@pytest.mark.parametrize("argv, env, says", [(["nosuch", "sample.py"], None, "no exercise nosuch"),
+                                              (["slerp", "sample.py"], "nowhere", "is not a folder"),
+                                              (["slerp", "nosuch.py"], None, "no script")])
+def test_the_runner_refuses_in_one_line(tmp_path, argv, env, says):
+    import subprocess
+    import sys
+    environ = dict(os.environ, STUDENT=str(tmp_path / env)) if env else {k: v for k, v in os.environ.items() if k != "STUDENT"}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "exercises", "run.py"), *argv], capture_output=True, text=True,
+                       env=environ, timeout=120)
+    assert r.returncode == 2 and says in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

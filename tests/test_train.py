@@ -357,3 +357,20 @@ def test_the_latent_stage_saves_on_sigterm_and_resumes_to_the_uninterrupted_run(
     assert "latent_state" not in b
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key] if k.startswith("latent."))
+
+
+@pytest.mark.parametrize("what", ["latent stage", "optimizer stripped", "released"])
+def test_resume_refuses_what_is_not_a_resumable_run_in_one_line(tmp_path, capsys, what):
+    assert run(tmp_path, tmp_path / "ae", "--steps", "1") == 0
+    ck = checkpoint.load(tmp_path / "ae" / "ckpt.pt")
+    if what == "latent stage":
+        ck["config"]["latent"] = {"net": {}}
+    elif what == "optimizer stripped":
+        ck.pop("optimizer")
+    else:
+        ck["config"]["train"]["source"] = "official"
+    torch.save(ck, tmp_path / "x.pt")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", str(tmp_path / "x.pt"), "--steps", "3", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --resume") and err.count("\n") == 1
