@@ -6,16 +6,17 @@
     python train.py --resume runs/X/ckpt.pt --steps N  # continue a run (in its own folder)
     torchrun --standalone --nproc_per_node=2 train.py --device cpu ...   # data-parallel (distributed.py)
 
-Where to change what: the presets and the rules that resume them, presets.py; the loss and its
-per-t weights, objective.py; what a run writes and who owns its folder, runfolder.py.
+Elsewhere: the presets and their rules, presets.py; the loss, objective.py; the run folder, runfolder.py.
 Every step is seeded from (seed, step, rank), so a run resumed from a checkpoint continues
 exactly as if it had never stopped (on the CPU), and the data order does not depend on workers.
 """
 import argparse
 import contextlib
+import getpass
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 
@@ -58,8 +59,7 @@ def resolve(args, amp_dtype):
         cli.usage_error(f"--resume {path}: this checkpoint was not written by train.py (no training record); "
                         f"use it as --pretrained or --ckpt instead")
     if ck["config"].get("latent") is not None:
-        cli.usage_error(f"--resume {path}: this checkpoint holds a latent DDIM; resume its autoencoder's own "
-                        f"checkpoint, or retrain the latent stage with --model latent --ckpt")
+        cli.usage_error(f"--resume {path}: this checkpoint holds a latent DDIM; resume its autoencoder's ckpt.pt, or --model latent")
     if not ck.get("optimizer"):
         cli.usage_error(f"--resume {path}: its optimizer state was stripped (a checkpoint shared for sampling); "
                         f"start a new run, or resume from the run's own ckpt.pt")
@@ -77,9 +77,9 @@ def preview_batch(run, n=8):
     """Fixed held-out images for the reconstruction grid written at each save (None without a held-out split)."""
     try:
         ds = data.make_dataset(run.data, run.res, data_dir=run.data_dir, split="test", seed=run.seed)
-    except data.DatasetError:
+        return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+    except (data.DatasetError, RuntimeError):  # no such split, or an empty one (stack of nothing)
         return None
-    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))]) if len(ds) else None
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -265,6 +265,8 @@ def loop(run, args, state, objective, T, ds, place, folder, stop):
         state.step += 1
         state.health.add(loss)
         progress.update(state.step, loss)
+        if args.compile and state.step == progress.step0 + 1:
+            log(f"the first step compiled the objective in {time.time() - progress.t_start:.0f} s; {compile_cache()}")
         # Save when due, when asked to stop, and at the end; never an unhealthy state.
         if stopped or out_of_time or state.step % save_every == 0 or state.step == run.steps or \
                 (args.keep_every and state.step % args.keep_every == 0):
@@ -288,6 +290,12 @@ def loop(run, args, state, objective, T, ds, place, folder, stop):
     log(f"done: {progress.summary(state.step)}. Checkpoint {ckpt}, previews and log.jsonl in {run.out}/.\n"
         f"next: python sample.py --ckpt {ckpt} reconstruct   (or eval, interpolate, vary, predict-x0)")
     return 0
+
+
+def compile_cache():
+    """Where inductor keeps what it compiled: a later run of the same model reuses it and compiles faster."""
+    where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    return f"its kernels are cached in {where} (TORCHINDUCTOR_CACHE_DIR), which later runs reuse"
 
 
 def start_line(run, model, place):
@@ -338,11 +346,10 @@ def encode_training_set(model, ds, device, workers):
 def latent_source(args):
     """(the autoencoder checkpoint, its path, the latent stage's saved state or None): from --ckpt, or from a
     stopped latent run (--resume, which holds the autoencoder too)."""
-    for k in ("pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "minutes", "z_dim"):
-        if getattr(args, k) is not None and getattr(args, k) is not False:  # 0 and 0.0 are values too
-            cli.usage_error(f"--{k.replace('_', '-')} does not apply to --model latent (it trains on the codes of --ckpt)")
-    if args.grad_accum != 1:
-        cli.usage_error("--grad-accum does not apply to --model latent (it trains on the codes of --ckpt)")
+    image_only = ("pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "minutes", "z_dim")
+    given = [k for k in image_only if getattr(args, k) is not None and getattr(args, k) is not False]  # 0 is a value
+    for k in given + (["grad_accum"] if args.grad_accum != 1 else []):
+        cli.usage_error(f"--{k.replace('_', '-')} does not apply to --model latent (it trains on the codes of --ckpt)")
     if args.resume:
         ck = load_or_fail(args.resume, "--resume")
         if "latent_state" not in ck:
