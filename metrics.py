@@ -54,8 +54,9 @@ def ssim_map(a, b, window_size=11, sigma=1.5):
     w = gaussian_window(window_size, sigma).to(x)
     w = w.expand(C, 1, window_size, window_size).contiguous()  # (C, 1, k, k)
 
-    def blur(t):
-        return F.conv2d(t, w, padding=window_size // 2, groups=C)
+    def blur(t):  # in the images' own precision, whatever autocast the caller's networks run in
+        with torch.autocast(t.device.type, enabled=False):
+            return F.conv2d(t, w, padding=window_size // 2, groups=C)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2

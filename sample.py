@@ -168,7 +168,7 @@ def cmd_neighbours(kind, model, d, ck, args):
            "heldout_to_train_mse_q10_50_90": q(d_held[:, 0]), "sample_to_train_z_q10_50_90": q(d_z[:, 0])}
     write_json(os.path.join(args.out, "neighbours.json"), res)
     print(f"nearest training image (MSE), quantiles 10/50/90%: samples {res['sample_to_train_mse_q10_50_90']}, "
-          f"held-out images {res['heldout_to_train_mse_q10_50_90']} (samples much closer than held-out data: memorised)")
+          f"held-out images {res['heldout_to_train_mse_q10_50_90']} (a memorising model's samples sit much closer than held-out images)")
     print(f"wrote {path}: each row = sample, its {args.k} nearest training images by image MSE, then by normalised z_sem")
 
 

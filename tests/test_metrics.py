@@ -207,3 +207,11 @@ def test_each_key_is_its_own_nearest_neighbour_at_distance_zero(seed):
     brute = ((q[:, None] - keys[None]) ** 2).flatten(2).mean(2)
     dd, ii = nearest(q, keys, k=3)
     assert torch.equal(ii, brute.topk(3, largest=False).indices) and torch.allclose(dd, brute.topk(3, largest=False).values, atol=1e-6)
+
+
+def test_ssim_is_the_same_inside_a_bf16_autocast():
+    """The networks may run in bf16; the metric must not: its blur stays in the images' precision."""
+    a, b = images(2, seed=3), images(2, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ssim(a, b)
+    assert torch.allclose(inside, ssim(a, b), atol=1e-6)
