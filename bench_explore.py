@@ -46,7 +46,7 @@ def post(url, path, body):
 def start_server(args):
     """explore.py on the checkpoint, in its own process; returns (process, URL) once it listens."""
     cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "explore.py"), "--ckpt", args.ckpt,
-           "--port", "0", "--amp", args.amp] + (["--device", args.device] if args.device else [])
+           "--port", "0"] + (["--amp", args.amp] if args.amp else []) + (["--device", args.device] if args.device else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = "no output"
     for line in proc.stdout:  # notes may come first; the URL line says the server listens
@@ -92,9 +92,14 @@ def bench_http(args):
 
 
 def bench_arch(args):
-    """One edit of a preset's untrained Diff-AE: manipulate z, then decode at T (batch 1), timed directly."""
+    """One edit of a preset's untrained Diff-AE: manipulate z, then decode at T (batch 1), timed directly, in
+    --amp's precision or in both (explore.py picks the faster at start)."""
     device = cli.pick_device(args.device)
-    amp = cli.autocast_dtype(device, args.amp)
+    for amp in [cli.autocast_dtype(device, a) for a in ([args.amp] if args.amp else ["off", "auto"])]:
+        time_edits(args, device, amp)
+
+
+def time_edits(args, device, amp):
     p, d = presets.PRESETS[args.arch], Diffusion()
     unet_cfg, enc_cfg = presets.model_configs("diffae", p, p["res"], d)
     ck = {"kind": "diffae", "config": dict(checkpoint.configs(unet=unet_cfg, encoder=enc_cfg), diffusion=d.config())}
@@ -135,7 +140,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=cli.positive_int, default=3, help="--arch: edits per T, within --max-seconds")
     ap.add_argument("--max-seconds", type=cli.positive_float, default=120, help="--arch: time budget (at least one edit per T)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--amp", type=cli.one_of(*cli.AMP_CHOICES), default="auto", help="autocast, as explore.py's")
+    ap.add_argument("--amp", type=cli.one_of(*cli.AMP_CHOICES), default=None, help="autocast (default: explore.py's)")
     ap.error = cli.usage_error
     args = ap.parse_args(argv)
     bench_http(args) if args.ckpt else bench_arch(args)

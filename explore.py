@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -454,7 +455,9 @@ def parse_args(argv):
     ap.add_argument("--seed", type=cli.seed_int, default=0, help="seed of the random x_T the page starts with and of "
                                                                  "the directions' training codes")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--amp", type=cli.one_of(*cli.AMP_CHOICES), default="auto", help="autocast, as sample.py's")
+    ap.add_argument("--amp", type=cli.one_of(*cli.AMP_CHOICES), default=None,
+                    help="autocast, as sample.py's (default: whichever of auto and off decodes one image faster "
+                         "here, timed at start: at batch 1 bf16's casts can cost more than they save)")
     ap.error = cli.usage_error  # one line instead of argparse's usage block
     return ap.parse_args(argv)
 
@@ -472,8 +475,26 @@ def load(args):
     device = cli.pick_device(args.device)
     aligns, note = align_uploads(args.align)
     model = checkpoint.build(ck).to(device)
-    return Explorer(ck, args.ckpt, model, device, cli.autocast_dtype(device, args.amp),
-                    codes.Source(args.data, args.data_dir, args.images), args.n, args.seed, args.steps, aligns, note)
+    amp = cli.autocast_dtype(device, args.amp) if args.amp else faster_precision(model, checkpoint.diffusion(ck), device)
+    return Explorer(ck, args.ckpt, model, device, amp, codes.Source(args.data, args.data_dir, args.images), args.n,
+                    args.seed, args.steps, aligns, note)
+
+
+def faster_precision(model, d, device):
+    """None (float32) or the device's bf16/fp16, whichever decodes one image faster: a page decodes one
+    image at a time, where small networks spend more on bf16's casts than they save and large ones gain."""
+    res = model.unet.cfg.res
+    x, timings = torch.zeros(1, 3, res, res, device=device), {}
+    for amp in {None, cli.autocast_dtype(device, "auto")}:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            z = model.encode(x)
+            for _ in range(2):  # the first run warms up; the second is timed
+                t0 = time.perf_counter()
+                d.ddim_sample(model.eps_fn(z), x, 2)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                timings[amp] = time.perf_counter() - t0
+    return min(timings, key=timings.get)
 
 
 def align_uploads(asked):
