@@ -238,10 +238,13 @@ def eval_row(kind, model, d, x, y, steps, xT_mode, g, lpips_fn, referee, args):
             if lpips_fn is not None:
                 lp.append(metrics.lpips_distance(lpips_fn, rec, xb).cpu())
             recs.append(rec.cpu())
+    # grain: the decodings' fine high-frequency energy over the inputs' (1: as the data; above: grainy)
+    grain = float(metrics.grain(torch.cat(recs)).mean() / metrics.grain(x).mean().clamp_min(1e-12))
     row = dict(T=steps, x_T=xT_mode, mse=float(torch.cat(mse).mean()), ssim=float(torch.cat(ssim).mean()),
-               lpips=float(torch.cat(lp).mean()) if lp else None, seconds=round(time.time() - t0, 1))
+               lpips=float(torch.cat(lp).mean()) if lp else None, grain_ratio=grain, seconds=round(time.time() - t0, 1))
     lp_txt = f"  LPIPS {row['lpips']:.4f}" if lp else ""
-    print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}{lp_txt}  ({row['seconds']}s)", flush=True)
+    print(f"T={steps:<4d} x_T={xT_mode:<8s}  MSE {row['mse']:.2e}  SSIM {row['ssim']:.4f}{lp_txt}  grain {grain:.2f}x the "
+          f"inputs'  ({row['seconds']}s)", flush=True)
     if referee is not None and xT_mode == "random":  # do random-x_T reconstructions keep the attributes?
         acc = judge.attribute_accuracy(referee, torch.cat(recs), y)
         row["attribute_balanced_accuracy"], row["attribute_mean"] = acc, sum(acc.values()) / len(acc)
@@ -421,7 +424,7 @@ def cmd_eval_samples(kind, model, d, ck, args):
         args.steps = steps
         t0 = time.time()
         fake = generate(kind, model, d, len(real), args)
-        row = {"T": steps}
+        row = {"T": steps, "grain_ratio": float(metrics.grain(fake).mean() / metrics.grain(real).mean().clamp_min(1e-12))}
         if referee is not None:
             rates = (judge.judge_apply(referee, fake, referee) > 0).float().mean(0)
             row.update(toy_fd=judge.toy_frechet_distance(fake, real, referee), attribute_rates=dict(zip(referee.attributes, rates.tolist())),
@@ -435,7 +438,8 @@ def cmd_eval_samples(kind, model, d, ck, args):
         row["seconds"] = round(time.time() - t0, 1)
         results["rows"].append(row)
         write_json(path, results)
-        print(f"T={steps:<4d}" + (f" toy FD {row['toy_fd']:.3f}  max |rate - data rate| {row['max_rate_gap']:.3f}" if referee else "")
+        print(f"T={steps:<4d} grain {row['grain_ratio']:.2f}x the data's"
+              + (f"  toy FD {row['toy_fd']:.3f}  max |rate - data rate| {row['max_rate_gap']:.3f}" if referee else "")
               + (f"  FID {row['fid']:.2f}" if row["fid"] is not None else "") + f"  ({row['seconds']}s)", flush=True)
         if referee is not None:  # each rate is a fraction of n images on both sides: its standard error is ~0.5/sqrt(n)
             print("       rates, samples / data: " + ", ".join(f"{a} {r:.2f}/{q:.2f}" for a, r, q in

@@ -215,3 +215,13 @@ def test_ssim_is_the_same_inside_a_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = ssim(a, b)
     assert torch.allclose(inside, ssim(a, b), atol=1e-6)
+
+
+def test_grain_is_zero_on_planes_and_grows_with_fine_noise():
+    from metrics import grain
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    plane = (0.3 * xx - 0.5 * yy).expand(2, 3, 16, 16)
+    assert grain(plane).abs().max() < 1e-6 and grain(torch.zeros(1, 3, 8, 8)).item() == 0
+    g = torch.Generator().manual_seed(0)
+    noisy = [grain((plane + s * torch.randn(plane.shape, generator=g)).clamp(-1, 1)).mean() for s in (0.05, 0.1, 0.2)]
+    assert noisy[0] < noisy[1] < noisy[2]

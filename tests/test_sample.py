@@ -98,7 +98,7 @@ def test_eval_writes_table2_rows(ckpts):
                         "--no-judge", "--probe-train", "64", "--amp", "off"]) == 0  # float32, as the probe below
     res = json.load(open(out / "eval.json"))
     assert [(r["T"], r["x_T"]) for r in res["rows"]] == [(2, "inferred"), (2, "random"), (3, "inferred"), (3, "random")]
-    assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 for r in res["rows"])
+    assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 and r["grain_ratio"] > 0 for r in res["rows"])
     assert 0 <= res["probe"]["mean"] <= 1
     # the control probe: an untrained encoder of the same architecture, seeded, so it is the same every time
     control = res["probe"]["untrained_encoder"]
