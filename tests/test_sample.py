@@ -370,3 +370,18 @@ def test_neighbours_of_latent_samples(ckpts):
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "neighbours", "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_an_eval_that_fails_midway_keeps_the_rows_it_finished(ckpts, monkeypatch):
+    out = ckpts / "eval_partial"
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sample, "probe", broken)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "eval", "--T", "2", "--n", "3", "--no-judge", "--probe-train", "16",
+                     "--out", str(out)])
+    assert e.value.code == 1
+    rows = json.load(open(out / "eval.json"))["rows"]
+    assert [(r["T"], r["x_T"]) for r in rows] == [(2, "inferred"), (2, "random")]
