@@ -39,14 +39,18 @@ def decode(kind, model, d, z, x_T, steps, on_step=None):
     return d.ddim_sample(eps_fn(kind, model, z), x_T, steps, on_step=on_step)
 
 
+def random_x_T(shape, seed, device="cpu"):
+    """x_T ~ N(0, I) drawn on the CPU from `seed`, so a seed gives the same x_T on every device."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
 def reconstruction_rows(kind, model, d, x, steps, seed=0):
     """[input, reconstruction from inferred x_T, reconstruction from random x_T (with a z_sem only)]."""
     with torch.inference_mode():
         z, x_T = encode(kind, model, d, x, steps)
         rows = [x, decode(kind, model, d, z, x_T, steps)]
         if kind != "ddim":
-            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
-            rows.append(decode(kind, model, d, z, noise, steps))
+            rows.append(decode(kind, model, d, z, random_x_T(x.shape, seed, x.device), steps))
     return rows
 
 

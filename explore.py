@@ -190,8 +190,7 @@ class Explorer:
         return self.codes[key]
 
     def noise(self, seed):
-        """A random x_T ~ N(0, I) drawn on the CPU from `seed`, as codes.reconstruction_rows draws it."""
-        return torch.randn((1, 3, self.res, self.res), generator=torch.Generator().manual_seed(seed)).to(self.device)
+        return codes.random_x_T((1, 3, self.res, self.res), seed, self.device)
 
     def which_x_T(self, body):
         """The request's x_T: None for the image's inferred one, else the seed of a random one (`xT`, `seed`)."""
