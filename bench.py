@@ -27,7 +27,7 @@ import pdae
 import presets
 from diffusion import Diffusion
 from encoder import PDAEEncoder
-from objective import Objective, t_weights
+from objective import Objective, run_weights
 
 
 def sync(device):
@@ -185,7 +185,7 @@ def our_model(args, p, res):
         if enc_cfg is not None:
             enc_cfg.norm_groups = 32
     model = make_model(args.model, unet_cfg, enc_cfg, p, res)
-    weights = t_weights(p.get("t_weights"), d, p.get("t_gamma")) if args.model != "pdae" else None
+    weights = run_weights(p, d) if args.model != "pdae" else None
     return model, Objective(args.model, model, d, weights)
 
 

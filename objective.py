@@ -16,17 +16,25 @@ import pdae
 WEIGHTINGS = ("uniform", "snr")
 
 
-def t_weights(name, diffusion, gamma=None):
+def t_weights(name, diffusion, gamma=None, floor=None):
     """Per-t loss weights of the DDIM and Diff-AE losses, mean 1: None for "uniform" (Eq. 6), or for "snr"
     SNR^gamma / (1 + SNR), PDAE Eq. 10's lambda_t. It moves weight from the small-t steps, where eps is
     mostly unpredictable pixel noise, to the steps where z_sem decides the image; gamma < 0 makes it
-    grow with t up to t = T - 1. gamma: PDAE's (pdae.GAMMA) unless given."""
+    grow with t up to t = T - 1. gamma: PDAE's (pdae.GAMMA) unless given.
+    floor: the share of Eq. 6's uniform weight mixed in, floor + (1 - floor) lambda_t / mean, so that the
+    small-t steps, which remove the last pixel noise of a decoding, are not starved (mass at both ends)."""
     if name in (None, "uniform"):
         return None
     if name == "snr":
         w = pdae.loss_weights(diffusion, pdae.GAMMA if gamma is None else gamma)
-        return w / w.mean()
+        floor = floor or 0.0
+        return floor + (1 - floor) * w / w.mean()
     raise ValueError(f"unknown t weighting {name!r}: use one of {', '.join(WEIGHTINGS)}")
+
+
+def run_weights(hp, diffusion):
+    """The t weights a run's hyperparameters name (presets.py; --t-weights, --t-gamma, --t-floor)."""
+    return t_weights(hp.get("t_weights"), diffusion, hp.get("t_gamma"), hp.get("t_floor"))
 
 
 class Objective(nn.Module):

@@ -66,7 +66,7 @@ LATENT_PDAE_LR = 1e-3  # the official PDAE latent trainer's rate (Diff-AE's Tabl
 
 # Command-line options a preset's value may be overridden by, and the options that shape what a run
 # is: --resume continues the run as recorded and refuses a different value of any of these.
-OVERRIDES = ("batch_size", "lr", "ema", "t_weights", "t_gamma", "z_dim")
+OVERRIDES = ("batch_size", "lr", "ema", "t_weights", "t_gamma", "t_floor", "z_dim")
 RECORDED = ("model", "preset", "data", "data_dir", "res", "n_train", "seed", "pretrained", "pdae_cond",
             "input_skip") + OVERRIDES
 RENAMED_WEIGHTS = {"pdae": "snr"}  # checkpoints written before the weighting was named for what it does
@@ -118,10 +118,12 @@ def fresh_run(args, amp_dtype):
     hp.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
     if args.input_skip:
         hp["input_skip"] = True
-    if args.t_gamma is not None and (model == "pdae" or hp.get("t_weights") != "snr"):
-        cli.usage_error(f"--t-gamma is the gamma of --t-weights snr (ddim and diffae); PDAE's own lambda_t keeps {pdae.GAMMA}")
-    if model != "diffae" and args.t_gamma is None:
-        hp.pop("t_gamma", None)  # the preset's gamma is there to teach z_sem; the DDIM baseline keeps PDAE's
+    for k in ("t_gamma", "t_floor"):
+        if getattr(args, k) is not None and (model == "pdae" or hp.get("t_weights") != "snr"):
+            cli.usage_error(f"--{k.replace('_', '-')} shapes --t-weights snr (ddim and diffae); PDAE's own lambda_t "
+                            f"keeps gamma {pdae.GAMMA}")
+        if model != "diffae" and getattr(args, k) is None:
+            hp.pop(k, None)  # the preset's shape is there to teach z_sem; the DDIM baseline keeps PDAE's
     fp32_images = hp.pop("images_float32", None)
     if fp32_images and amp_dtype is None:
         hp["images"] = fp32_images

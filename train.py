@@ -32,7 +32,7 @@ import presets
 from diffusion import Diffusion
 from encoder import PDAEEncoder
 from latent_ddim import LatentDDIM, LatentNetConfig
-from objective import WEIGHTINGS, Objective, step_noise, t_weights
+from objective import WEIGHTINGS, Objective, run_weights, step_noise
 from runfolder import LossHealth, Progress, RunFolder, StopSignals, last_good
 
 
@@ -186,14 +186,13 @@ def prepare(run, args, model, config, resume, place):
                   LossHealth(resume.get("health", {}).get("ref") if resume else None),
                   resume["step"] if resume else 0, run.hp["batch_size"])
     diffusion = checkpoint.diffusion({"config": config})
-    objective = Objective(run.model, model, diffusion, t_weights(run.hp.get("t_weights"), diffusion, run.hp.get("t_gamma")))
+    objective = Objective(run.model, model, diffusion, run_weights(run.hp, diffusion))
     if args.compile:
         objective = torch.compile(objective)
     if place.world > 1:
         cuda = place.device.type == "cuda"
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[place.device.index] if cuda else None)
-    if place.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = place.device.type == "cuda"
     return state, objective, diffusion.T
 
 
@@ -346,7 +345,7 @@ def encode_training_set(model, ds, device, workers):
 def latent_source(args):
     """(the autoencoder checkpoint, its path, the latent stage's saved state or None): from --ckpt, or from a
     stopped latent run (--resume, which holds the autoencoder too)."""
-    image_only = ("pretrained", "pdae_cond", "t_weights", "t_gamma", "input_skip", "res", "minutes", "z_dim")
+    image_only = ("pretrained", "pdae_cond", "t_weights", "t_gamma", "t_floor", "input_skip", "res", "minutes", "z_dim")
     given = [k for k in image_only if getattr(args, k) is not None and getattr(args, k) is not False]  # 0 is a value
     for k in given + (["grad_accum"] if args.grad_accum != 1 else []):
         cli.usage_error(f"--{k.replace('_', '-')} does not apply to --model latent (it trains on the codes of --ckpt)")
@@ -393,11 +392,10 @@ def fit_latent(run, z_all, args, amp_dtype, ck, state, save, stop):
                         clip=ck["kind"] == "pdae", grid=checkpoint.diffusion(ck).grid).to(device)
     latent.set_stats(z_all)
     opt = torch.optim.AdamW(latent.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], fused=True)
-    step0 = 0
+    step0 = state["step"] if state is not None else 0
     if state is not None:  # the unfinished run's weights, EMA and optimizer
         latent.load_state_dict({k[len("latent."):]: v for k, v in ck["model"].items() if k.startswith("latent.")})
         opt.load_state_dict(state["optimizer"])
-        step0 = state["step"]
     ema = EMA(latent, hp["ema"], {k[len("latent."):]: v for k, v in ck["ema"].items() if k.startswith("latent.")} if state else None)
     print(f"latent DDIM: {sum(q.numel() for q in latent.parameters()) / 1e6:.2f}M parameters, batch {hp['batch_size']} x "
           f"{run.steps} steps{f' from step {step0}' if step0 else ''}, {device}, {cli.precision(amp_dtype)}; "
@@ -457,6 +455,8 @@ def parse_args(argv=None):
                     help="ddim/diffae: per-t loss weights; uniform is Eq. 6, snr weighs t by SNR^gamma/(1+SNR) (PDAE Eq. 10)")
     ap.add_argument("--t-gamma", type=cli.ranged(float, -1, 1), default=None,
                     help=f"gamma of --t-weights snr, in [-1, 1] (PDAE's {pdae.GAMMA}; below 0 the weight grows with t)")
+    ap.add_argument("--t-floor", type=cli.ranged(float, 0, 1), default=None,
+                    help="share of Eq. 6's uniform weight mixed into --t-weights snr, in [0, 1] (keeps the small t)")
     ap.add_argument("--input-skip", action="store_true", help="ddim/diffae: eps = sqrt(1 - alphabar_t) x_t + net(...)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/MODEL-DATARES; with --resume PATH: PATH's folder)")
     ap.add_argument("--seed", type=cli.seed_int, default=None, help="default 0")

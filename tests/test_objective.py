@@ -46,6 +46,20 @@ def test_t_gamma_is_eq10s_gamma_and_below_zero_the_weight_grows_with_t(gamma):
         assert abs(float(s[peak]) - gamma / (1 - gamma)) < abs(float(s[peak + 1] - s[peak - 1]))
 
 
+@pytest.mark.parametrize("gamma,floor", [(-0.3, 0.2), (0.1, 0.5), (-0.5, 0.05)])
+def test_t_floor_mixes_eq6s_uniform_weight_into_lambda_t(gamma, floor):
+    """--t-floor f: f + (1 - f) lambda_t / mean, still mean 1 (the loss's scale keeps), every t weighs at
+    least f; 0 is lambda_t unchanged, 1 is Eq. 6's uniform weight."""
+    d = Diffusion(T=1000)
+    w, lam = t_weights("snr", d, gamma, floor), t_weights("snr", d, gamma)
+    assert abs(float(w.mean()) - 1) < 1e-12 and float(w.min()) >= floor
+    assert torch.allclose(w - floor, (1 - floor) * lam, rtol=1e-10)
+    assert torch.equal(t_weights("snr", d, gamma, 0.0), lam)
+    assert torch.allclose(t_weights("snr", d, gamma, 1.0), torch.ones(1000, dtype=w.dtype))
+    small, large = slice(0, 200), slice(800, 1000)  # mass at both ends: the small t gain, the large keep most
+    assert float(w[small].mean()) > float(lam[small].mean()) and float(w[large].mean()) >= (1 - floor) * float(lam[large].mean())
+
+
 
 
 @pytest.mark.parametrize("T", [1000, 50])

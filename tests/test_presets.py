@@ -20,6 +20,10 @@ def test_t_gamma_belongs_to_diffae_and_ddim_and_is_refused_where_it_does_nothing
     with pytest.raises(SystemExit) as e:  # out of range: refused where parsed
         resolved("--t-gamma", "2")
     assert e.value.code == 2 and "gamma" in capsys.readouterr().err
+    assert resolved("--t-floor", "0.3").hp["t_floor"] == 0.3
+    for bad in (("--model", "pdae", "--t-floor", "0.3"), ("--t-weights", "uniform", "--t-floor", "0.3")):
+        with pytest.raises(cli.UsageError, match="t-floor"):
+            resolved(*bad)
 
 
 
