@@ -196,6 +196,18 @@ def nearest(queries, keys, k=1):
     return torch.cat(dists).float(), torch.cat(idx)
 
 
+def nearest_by(dist, queries, keys, k=1, chunk=256):
+    """`nearest` under any per-pair distance dist(a, b) -> [B] of two equal-sized batches (LPIPS, App. C):
+    each query against every key, in chunks of keys."""
+    dists, idx = [], []
+    for q in queries:
+        row = torch.cat([dist(q.expand(len(part), *q.shape), part).float().cpu() for part in keys.split(chunk)])
+        top = row.topk(k, largest=False)
+        dists.append(top.values)
+        idx.append(top.indices)
+    return torch.stack(dists), torch.stack(idx)
+
+
 def grain(x):
     """Fine high-frequency energy per image: the mean absolute 4-neighbour discrete Laplacian of the image
     in [0, 1], inside the border ([B, C, H, W] -> [B]). 0 for any image linear in x and y; grainy

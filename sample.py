@@ -161,15 +161,25 @@ def cmd_neighbours(kind, model, d, ck, args):
     d_img, i_img = metrics.nearest(samples, X, k=args.k)
     d_z, i_z = metrics.nearest(zn(samples), z_train, k=args.k)
     d_held, _ = metrics.nearest(held, X, k=1)
-    rows = [torch.cat([samples[j:j + 1], X[i_img[j]], X[i_z[j]]]) for j in range(len(samples))]
-    path = save_grid(os.path.join(args.out, f"neighbours_T{args.steps}.png"), rows)
+    lpips_fn, why_not = metrics.lpips_model(args.device)
+    by = [("MSE", i_img), ("normalised z_sem", i_z)]
     q = lambda t: [round(float(v), 5) for v in t.float().quantile(torch.tensor([0.1, 0.5, 0.9]))]
     res = {"n_train": len(X), "k": args.k, "sample_to_train_mse_q10_50_90": q(d_img[:, 0]),
            "heldout_to_train_mse_q10_50_90": q(d_held[:, 0]), "sample_to_train_z_q10_50_90": q(d_z[:, 0])}
+    if lpips_fn is not None:  # App. C's third distance; one LPIPS per (image, training image) pair
+        lp = lambda a, b: metrics.lpips_distance(lpips_fn, a.to(args.device), b.to(args.device))
+        d_lp, i_lp = metrics.nearest_by(lp, samples, X, k=args.k)
+        by.append(("LPIPS", i_lp))
+        res["sample_to_train_lpips_q10_50_90"] = q(d_lp[:, 0])
+        res["heldout_to_train_lpips_q10_50_90"] = q(metrics.nearest_by(lp, held, X, k=1)[0][:, 0])
+    else:
+        print(f"LPIPS neighbours: skipped ({why_not})")
+    rows = [torch.cat([samples[j:j + 1]] + [X[i[j]] for _, i in by]) for j in range(len(samples))]
+    path = save_grid(os.path.join(args.out, f"neighbours_T{args.steps}.png"), rows)
     write_json(os.path.join(args.out, "neighbours.json"), res)
     print(f"nearest training image (MSE), quantiles 10/50/90%: samples {res['sample_to_train_mse_q10_50_90']}, "
           f"held-out images {res['heldout_to_train_mse_q10_50_90']} (a memorising model's samples sit much closer than held-out images)")
-    print(f"wrote {path}: each row = sample, its {args.k} nearest training images by image MSE, then by normalised z_sem")
+    print(f"wrote {path}: each row = sample, its {args.k} nearest training images by " + ", then by ".join(n for n, _ in by))
 
 
 def cmd_predict_x0(kind, model, d, ck, args):

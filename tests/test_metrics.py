@@ -209,6 +209,21 @@ def test_each_key_is_its_own_nearest_neighbour_at_distance_zero(seed):
     assert torch.equal(ii, brute.topk(3, largest=False).indices) and torch.allclose(dd, brute.topk(3, largest=False).values, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nearest_by_a_pair_distance_is_nearest_when_that_distance_is_the_mse(seed):
+    """The LPIPS search of App. C runs through nearest_by: given the MSE as its pair distance, it must
+    find what nearest finds, across chunk boundaries."""
+    from metrics import nearest, nearest_by
+    g = torch.Generator().manual_seed(seed)
+    keys, q = torch.rand(37, 3, 8, 8, generator=g), torch.rand(4, 3, 8, 8, generator=g)
+    mse = lambda a, b: (a - b).square().flatten(1).mean(1)
+    d1, i1 = nearest(q, keys, k=3)
+    d2, i2 = nearest_by(mse, q, keys, k=3, chunk=10)
+    assert torch.equal(i1, i2) and torch.allclose(d1, d2, atol=1e-6)
+    d, i = nearest_by(mse, keys[[5, 30]], keys, k=1, chunk=7)
+    assert i[:, 0].tolist() == [5, 30] and d.abs().max() < 1e-7
+
+
 def test_ssim_is_the_same_inside_a_bf16_autocast():
     """The networks may run in bf16; the metric must not: its blur stays in the images' precision."""
     a, b = images(2, seed=3), images(2, seed=4)

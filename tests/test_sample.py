@@ -361,12 +361,18 @@ def test_ood_rows_and_statistics(ckpts, tmp_path):
     assert all(set(r) >= {"mse", "mean", "std", "skew", "excess_kurtosis", "adjacent_correlation"} for r in res["sets"].values())
 
 
-def test_neighbours_of_latent_samples(ckpts):
+def test_neighbours_of_latent_samples(ckpts, monkeypatch):
     out = ckpts / "nn"
     assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "neighbours", "--n", "3", "--k", "2", "--steps", "2",
                         "--search", "50", "--out", str(out)]) == 0
     res = json.load(open(out / "neighbours.json"))
     assert res["n_train"] == 50 and len(res["sample_to_train_mse_q10_50_90"]) == 3 and (out / "neighbours_T2.png").exists()
+    lpips_fake = lambda a, b: (a - b).abs().mean((1, 2, 3), keepdim=True)  # the lpips package's [B, 1, 1, 1]
+    monkeypatch.setattr(sample.metrics, "lpips_model", lambda device: (lpips_fake, None))
+    assert sample.main(["--ckpt", str(ckpts / "lat" / "ckpt.pt"), "neighbours", "--n", "3", "--k", "2", "--steps", "2",
+                        "--search", "50", "--out", str(out / "lp")]) == 0
+    res = json.load(open(out / "lp" / "neighbours.json"))
+    assert len(res["sample_to_train_lpips_q10_50_90"]) == 3 and len(res["heldout_to_train_lpips_q10_50_90"]) == 3
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(ckpts / "ae" / "ckpt.pt"), "neighbours", "--out", str(out)])
     assert e.value.code == 2
