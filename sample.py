@@ -367,7 +367,7 @@ def generate(kind, model, d, n, args, z=None):
             zi = z[i:i + m].to(args.device) if z is not None else \
                 model.latent.sample(m, args.latent_steps or args.steps, generator=g, device=args.device)
             if kind == "pdae" and z is None:  # PDAE §4.8: no shift in the last 30% of steps for sampled z
-                outs.append(model.decode(zi, x_T, args.steps, shift_until=0.3).float().cpu())
+                outs.append(model.decode(zi, x_T, args.steps, shift_until=args.shift_until).float().cpu())
             else:
                 outs.append(decode(kind, model, d, zi, x_T, args.steps).float().cpu())
     return torch.cat(outs)
@@ -426,6 +426,8 @@ def cmd_eval_samples(kind, model, d, ck, args):
     real, _, names = held_out(ck, args.n, args)
     referee = toyfaces_judge(names, real.shape[-1], "toy FD and attribute rates")
     results = {"checkpoint": args.ckpt, "kind": kind, "n": len(real), "rows": []}
+    if kind == "pdae":
+        results["shift_until"] = args.shift_until  # §4.8
     if referee is not None:
         real_rates = (judge.judge_apply(referee, real, referee) > 0).float().mean(0)
         results["data_attribute_rates"] = dict(zip(referee.attributes, real_rates.tolist()))
@@ -554,45 +556,86 @@ def cmd_reconstruct_ddpm(kind, model, d, ck, args):
 
 
 def cmd_interpolate_g(kind, model, d, ck, args):
-    """PDAE Fig. 7: per pair, row 1 guides by G(x_t, Lerp(z1, z2)), row 2 by Lerp(G(x_t, z1), G(x_t, z2))."""
+    """PDAE §4.4, Fig. 7: per pair, row 1 guides by G(x_t, Lerp(z1, z2)), row 2 by Lerp(G(x_t, z1), G(x_t, z2)).
+    interpolate_g.json: how even each path is and how far apart the two are (path_smoothness)."""
     require_pdae(kind, "interpolate-g")
-    x, _, _ = held_out(ck, 2 * args.n, args)
+    x, _, names = held_out(ck, 2 * args.n, args)
     x = x.to(args.device)
     a, b = x[0::2][:args.n], x[1::2][:args.n]
     alphas = torch.linspace(0, 1, args.frames).tolist()
-    rows = []
+    by_z, by_g = [], []  # [pairs][frames, C, H, W]
     with torch.inference_mode():
         za, zb = model.encode(a), model.encode(b)
         xa, xb = model.encode_stochastic(a, za, args.steps), model.encode_stochastic(b, zb, args.steps)
         for i in range(len(a)):
-            by_z, by_g = [a[i:i + 1]], [a[i:i + 1]]
-            for al in alphas:  # both start from Slerp(x_T^1, x_T^2)
-                x_T = slerp(xa[i:i + 1], xb[i:i + 1], al)
-                by_z.append(model.decode(lerp(za[i:i + 1], zb[i:i + 1], al), x_T, args.steps))
-                by_g.append(d.ddim_sample(model.eps_fn_lerp_g(za[i:i + 1], zb[i:i + 1], al), x_T, args.steps))
-            rows += [torch.cat(by_z + [b[i:i + 1]]), torch.cat(by_g + [b[i:i + 1]])]
+            x_T = torch.cat([slerp(xa[i:i + 1], xb[i:i + 1], al) for al in alphas])  # both start from Slerp(x_T^1, x_T^2)
+            z = torch.cat([lerp(za[i:i + 1], zb[i:i + 1], al) for al in alphas])
+            by_z.append(model.decode(z, x_T, args.steps).float().cpu())
+            by_g.append(torch.cat([d.ddim_sample(model.eps_fn_lerp_g(za[i:i + 1], zb[i:i + 1], al), x_T[k:k + 1], args.steps)
+                                   for k, al in enumerate(alphas)]).float().cpu())
+    ends = lambda i: (a[i:i + 1].cpu(), b[i:i + 1].cpu())
+    rows = [torch.cat([ends(i)[0], path, ends(i)[1]]) for i in range(len(a)) for path in (by_z[i], by_g[i])]
     path = save_grid(os.path.join(args.out, f"interpolate_g_T{args.steps}.png"), rows)
-    print(f"wrote {path}: per pair, input, {args.frames} frames, input; row 1 guided by G(x_t, Lerp(z1, z2)), "
-          f"row 2 by Lerp(G(x_t, z1), G(x_t, z2))")
+    referee = toyfaces_judge(names, x.shape[-1], "the attribute path")
+    res = {"pairs": len(a), "frames": args.frames, "T": args.steps, "codes": path_smoothness(by_z, referee),
+           "trajectories": path_smoothness(by_g, referee),
+           "codes_vs_trajectories_mse": float(torch.stack([(p - q).square().mean() for p, q in zip(by_z, by_g)]).mean())}
+    write_json(os.path.join(args.out, "interpolate_g.json"), res)
+    for name in ("codes", "trajectories"):
+        r = res[name]
+        print(f"{name:>12s}: frame-to-frame MSE {r['step_mse']:.2e}, largest step / mean step {r['evenness']:.2f} (1: even)"
+              + (f", judge flips beyond the endpoints' {r['extra_flips']:.2f} per pair" if referee is not None else ""))
+    print(f"G(Lerp z) against Lerp G, per frame: MSE {res['codes_vs_trajectories_mse']:.2e}\n"
+          f"wrote {path}: per pair, input, {args.frames} frames, input; row 1 by codes, row 2 by trajectories")
+
+
+def path_smoothness(paths, referee=None):
+    """An interpolation is smooth when its frames move by even steps and each attribute that differs
+    between the ends flips once: the mean frame-to-frame MSE, the largest step over the mean step, and
+    (with the judge) the judge's decision changes along the path beyond |end - start|."""
+    steps = [(p[1:] - p[:-1]).square().flatten(1).mean(1) for p in paths]
+    res = {"step_mse": float(torch.stack([s.mean() for s in steps]).mean()),
+           "evenness": float(torch.stack([s.max() / s.mean().clamp_min(1e-12) for s in steps]).mean())}
+    if referee is not None:
+        flips = []
+        for p in paths:
+            on = (judge.judge_apply(referee, p, referee) > 0).float()  # [frames, attributes]
+            flips.append(((on[1:] - on[:-1]).abs().sum() - (on[-1] - on[0]).abs().sum()).item())
+        res["extra_flips"] = sum(flips) / len(flips)
+    return res
 
 
 def cmd_guidance(kind, model, d, ck, args):
-    """PDAE Fig. 9: scale G by 0, 0.5, ..., 3 (truncation-like effect); labels y for a label-conditioned PDAE."""
+    """PDAE §4.6, Fig. 9: scale G by 0, 0.5, ..., 3 (truncation-like effect); labels y for a label-conditioned
+    PDAE. guidance.json, per scale: how often the judge agrees with the condition, and the diversity of two
+    decodings of one condition from two random x_T (a truncation trades the second for the first)."""
     require_pdae(kind, "guidance")
-    x, y, _ = held_out(ck, args.n, args)
+    x, y, names = held_out(ck, args.n, args)
     label = isinstance(model.encoder, pdae.LabelEmbedding)
     if label and y.shape[1] != model.encoder.n_labels:
         cli.usage_error(f"this PDAE is conditioned on {model.encoder.n_labels} labels; the held-out data has {y.shape[1]}")
     scales = [0.5 * i for i in range(7)]
     x = x.to(args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    noise = [torch.randn(x.shape, generator=g).to(x.device) for _ in range(2)]
     with torch.inference_mode():
         z = model.encode(y.to(args.device) if label else x)
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed)).to(x.device)
-        cols = [model.decode(z, noise, args.steps, scale=s) for s in scales]
-    rows = [torch.cat([x[i:i + 1]] + [c[i:i + 1] for c in cols]) for i in range(len(x))]
+        cols = [[model.decode(z, e, args.steps, scale=s).float().cpu() for e in noise] for s in scales]
+    rows = [torch.cat([x[i:i + 1].cpu()] + [c[0][i:i + 1] for c in cols]) for i in range(len(x))]
     path = save_grid(os.path.join(args.out, f"guidance_T{args.steps}.png"), rows)
-    print(f"wrote {path}: each row = the image whose {'labels' if label else 'z'} guide, then DDIM from one random "
-          f"x_T with G scaled by {scales}")
+    referee = toyfaces_judge(names, x.shape[-1], "agreement with the condition")
+    target = None if referee is None else (y > 0.5).float() if label else (judge.judge_apply(referee, x.cpu(), referee) > 0).float()
+    res = {"n": len(x), "T": args.steps, "condition": "labels" if label else "image", "rows": []}
+    for s, (c1, c2) in zip(scales, cols):
+        row = {"scale": s, "diversity_mse": float((c1 - c2).square().mean())}
+        if target is not None:
+            row["agreement"] = float(((judge.judge_apply(referee, c1, referee) > 0).float() == target).float().mean())
+        res["rows"].append(row)
+        print(f"scale {s:.1f}: diversity (MSE of two x_T) {row['diversity_mse']:.4f}"
+              + (f", judge agrees with the {res['condition']} on {row['agreement']:.1%} of attributes" if target is not None else ""))
+    write_json(os.path.join(args.out, "guidance.json"), res)
+    print(f"wrote {path} and guidance.json: each row = the image whose {'labels' if label else 'z'} guide, then DDIM "
+          f"from one random x_T with G scaled by {scales}")
 
 
 # --- the command line: one subparser per figure, each with only its own flags ------------------
@@ -620,6 +663,8 @@ FLAGS = {
                               "checkpoint.pt): its direction for --attr, no dataset needed"),
     "labels-csv": (str, None, "your labels: CSV with columns file,label1,... (binary or continuous)"),
     "latent-steps": (cli.positive_int, None, "latent DDIM steps (default: --steps)"),
+    "shift-until": (cli.ranged(float, 0, 1), 0.3, "pdae, sampled z: the share of the last steps that run the DPM alone "
+                                                  "(§4.8's 30%; 0 shifts to the end)"),
     "invert-steps": (cli.positive_int, None, "DDIM steps of the inversion to x_T (default: --steps; for released "
                                              "models 250, rendered with --steps 100, as the official notebook)"),
 }
@@ -632,22 +677,23 @@ COMMANDS = {  # name: (function, its flags, one line for --help)
     "interpolate": (cmd_interpolate, IMAGES + ["frames"], "lerp z_sem, slerp x_T (Diff-AE §5.2, Fig. 4d)"),
     "vary": (cmd_vary, IMAGES + ["frames"], "one z_sem, several random x_T, their mean and std maps (Diff-AE Fig. 3, 10)"),
     "ood": (cmd_ood, IMAGES + ["shift"], "shifted and other-domain inputs: reconstruction and how Gaussian x_T is (Diff-AE Fig. 11-12)"),
-    "neighbours": (cmd_neighbours, ["steps", "n", "batch-size", "latent-steps", "k", "search", "data", "data-dir"],
+    "neighbours": (cmd_neighbours, ["steps", "n", "batch-size", "latent-steps", "shift-until", "k", "search", "data", "data-dir"],
                    "latent-DDIM samples beside their nearest training images (Diff-AE Fig. 9)"),
     "predict-x0": (cmd_predict_x0, IMAGES, "predicted x0 along the run (Diff-AE Fig. 6)"),
     "eval": (cmd_eval, IMAGES + ["T", "x-T", "probe-train", "no-probe", "no-judge"], "reconstruction and probe tables (Tables 1-2)"),
     "manipulate": (cmd_manipulate, IMAGES + ["invert-steps", "attr", "scale", "direction-l2", "measure", "labels-csv", "classifier", "probe-train"],
                    "move z_sem along an attribute direction (Diff-AE §5.3, Fig. 5)"),
-    "sample": (cmd_sample, ["steps", "n", "batch-size", "frames", "latent-steps"], "unconditional samples from the latent DDIM"),
+    "sample": (cmd_sample, ["steps", "n", "batch-size", "frames", "latent-steps", "shift-until"], "unconditional samples from the latent DDIM"),
     "conditional": (cmd_conditional, IMAGES + ["attr", "labels", "labels-csv", "latent-steps", "frames", "probe-train"],
                     "few-shot conditional samples (Table 3)"),
-    "eval-samples": (cmd_eval_samples, ["n", "batch-size", "T", "latent-steps", "data", "data-dir"], "unconditional sample table (Table 4)"),
+    "eval-samples": (cmd_eval_samples, ["n", "batch-size", "T", "latent-steps", "shift-until", "data", "data-dir"],
+                     "unconditional sample table (Table 4)"),
     "gap": (cmd_gap, IMAGES, "posterior-mean gap per t (PDAE Fig. 5)"),
     "diagnose": (cmd_diagnose, IMAGES, "is z_sem used? the gap and the agreement of decodings, one verdict"),
     "denoise-one-step": (cmd_denoise_one_step, IMAGES + ["frames"], "one-step x0 predictions, DPM vs PDAE (PDAE Fig. 5)"),
     "reconstruct-ddpm": (cmd_reconstruct_ddpm, IMAGES, "mean-shifted DDPM reconstruction (PDAE §4.4)"),
-    "interpolate-g": (cmd_interpolate_g, IMAGES + ["frames"], "G(Lerp z) against Lerp G (PDAE §4.5)"),
-    "guidance": (cmd_guidance, IMAGES, "G scaled by 0 .. 3 (PDAE Fig. 9)"),
+    "interpolate-g": (cmd_interpolate_g, IMAGES + ["frames"], "G(Lerp z) against Lerp G, and how smooth each path is (PDAE §4.4, Fig. 7)"),
+    "guidance": (cmd_guidance, IMAGES, "G scaled by 0 .. 3: agreement and diversity (PDAE §4.6, Fig. 9)"),
 }
 SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu or cuda (default: cuda when available)"),
           "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),

@@ -391,3 +391,38 @@ def test_an_eval_that_fails_midway_keeps_the_rows_it_finished(ckpts, monkeypatch
     assert e.value.code == 1
     rows = json.load(open(out / "eval.json"))["rows"]
     assert [(r["T"], r["x_T"]) for r in rows] == [(2, "inferred"), (2, "random")]
+
+
+def test_path_smoothness_of_an_even_straight_path_is_one_and_a_jump_shows():
+    """A straight path at even steps moves by (b - a)^2 / (frames - 1)^2 per frame and its largest step is its
+    mean step; a path that stands still and then jumps scores frames - 1."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1, 3, 8, 8, generator=g), torch.rand(1, 3, 8, 8, generator=g)
+    even = torch.cat([a + (b - a) * k / 4 for k in range(5)])
+    r = sample.path_smoothness([even])
+    assert r["evenness"] == pytest.approx(1, abs=1e-5)
+    assert r["step_mse"] == pytest.approx(float((b - a).square().mean()) / 16, rel=1e-5)
+    jump = torch.cat([a, a, a, a, b])
+    assert sample.path_smoothness([jump])["evenness"] == pytest.approx(4, rel=1e-5)
+
+
+def test_pdae_interpolation_guidance_and_the_30_percent_rule_are_measured(ckpts, quick_judge):
+    pd = str(ckpts / "pdae" / "ckpt.pt")
+    out = ckpts / "pdae_measures"
+    assert sample.main(["--ckpt", pd, "interpolate-g", "--frames", "3", "--n", "2", "--steps", "3", "--out", str(out)]) == 0
+    res = json.load(open(out / "interpolate_g.json"))
+    assert res["pairs"] == 2 and res["codes"]["evenness"] >= 1 and res["trajectories"]["extra_flips"] >= 0
+    assert res["codes_vs_trajectories_mse"] >= 0
+    assert sample.main(["--ckpt", pd, "guidance", "--n", "3", "--steps", "2", "--out", str(out)]) == 0
+    rows = json.load(open(out / "guidance.json"))["rows"]
+    assert [r["scale"] for r in rows] == [0.5 * i for i in range(7)]
+    assert all(r["diversity_mse"] > 0 and 0 <= r["agreement"] <= 1 for r in rows)
+    assert train.main(["--model", "latent", "--ckpt", pd, "--steps", "5", "--out", str(ckpts / "pdae_lat"), "--log-every", "1000"]) == 0
+    gaps = []
+    for until in ("0", "0.3"):
+        assert sample.main(["--ckpt", str(ckpts / "pdae_lat" / "ckpt.pt"), "eval-samples", "--T", "4", "--n", "4",
+                            "--shift-until", until, "--out", str(out / until)]) == 0
+        res = json.load(open(out / until / "eval_samples.json"))
+        assert res["shift_until"] == float(until)
+        gaps.append(res["rows"][0]["toy_fd"])
+    assert gaps[0] != gaps[1]  # the last step of four runs with the shift in one and without it in the other
