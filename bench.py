@@ -27,7 +27,7 @@ import pdae
 import presets
 from diffusion import Diffusion
 from encoder import PDAEEncoder
-from objective import Objective, run_weights
+from objective import Objective, run_weights, step_noise
 
 
 def sync(device):
@@ -102,13 +102,11 @@ def bench_train(model, loss_fn, args, device, amp_dtype, res, B, tuned=True):
     """
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4, fused=tuned)
-    g = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(B, 3, res, res, generator=g) * 2 - 1).to(device)
-    noise = torch.randn(B, 3, res, res, generator=g).to(device)
-    t = torch.randint(0, 1000, (B,), generator=g).to(device)
+    x0 = (torch.rand(B, 3, res, res, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    t, noise = step_noise(0, 0, B, x0.shape[1:], 1000, device=device)  # as train.py draws them: noise stays NCHW
     y = torch.zeros(B, 0, device=device)
-    if tuned and args.channels_last:
-        x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+    if tuned and args.channels_last:  # train.py makes the batch channels-last, not the noise
+        x0 = x0.contiguous(memory_format=torch.channels_last)
 
     def step():
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

@@ -145,6 +145,19 @@ def autocast_dtype(device, amp):
     return torch.bfloat16 if amp == "bf16" else None
 
 
+# A CPU run this long repays inductor's first (cold-cache) compile of the toy32 objective within the run;
+# shorter ones pay only once the cache is warm (docs/RESULTS.md, "--compile"), so they ask with --compile.
+COMPILE_MIN_IMAGES = 150_000
+
+
+def compiles(flag, device, images, world=1):
+    """Whether train.py compiles its objective: --compile / --no-compile decide; unset, on CUDA and on a CPU
+    run of at least COMPILE_MIN_IMAGES images, in one process (DDP over gloo with compile is not measured)."""
+    if flag is not None:
+        return flag
+    return world == 1 and (device.type == "cuda" or images >= COMPILE_MIN_IMAGES)
+
+
 def precision(amp_dtype):
     """How a run's first line names its precision."""
     return "float32" if amp_dtype is None else f"{str(amp_dtype)[6:]} autocast"

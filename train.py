@@ -187,11 +187,9 @@ def prepare(run, args, model, config, resume, place):
                   resume["step"] if resume else 0, run.hp["batch_size"])
     diffusion = checkpoint.diffusion({"config": config})
     objective = Objective(run.model, model, diffusion, run_weights(run.hp, diffusion))
-    if args.compile:
-        objective = torch.compile(objective)
+    objective = torch.compile(objective) if args.compile else objective  # the first step compiles (cli.compiles)
     if place.world > 1:
-        cuda = place.device.type == "cuda"
-        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[place.device.index] if cuda else None)
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[place.device.index] if place.device.type == "cuda" else None)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = place.device.type == "cuda"
     return state, objective, diffusion.T
 
@@ -297,11 +295,12 @@ def compile_cache():
     return f"its kernels are cached in {where} (TORCHINDUCTOR_CACHE_DIR), which later runs reuse"
 
 
-def start_line(run, model, place):
+def start_line(run, model, place, compiled):
     hp, n = run.hp, sum(q.numel() for q in model.parameters() if q.requires_grad)
     line = (f"{run.model} on {run.data} {run.res}px, preset {run.preset}, {n / 1e6:.2f}M trainable parameters, batch "
             f"{hp['batch_size']} x {run.steps} steps ({hp['batch_size'] * run.steps:,} images), {place.device}"
-            f"{f' x {place.world}' if place.world > 1 else ''}, {cli.precision(place.amp)}; run folder {run.out}")
+            f"{f' x {place.world}' if place.world > 1 else ''}, {cli.precision(place.amp)}"
+            f"{', compiled (--no-compile: eager)' if compiled else ''}; run folder {run.out}")
     if run.model in ("diffae", "pdae"):
         line += "\nnote: no loss touches z_sem directly; the encoder learns through the denoising loss (Eq. 6)"
     return line
@@ -317,10 +316,11 @@ def train(args):
         ds = dataset(run, "train", run.n_train)
         model, config = build_model(run, resume, args.grad_checkpoint)
         config["train"] = run.recorded(len(ds))
+        args.compile = cli.compiles(args.compile, device, run.steps * run.hp["batch_size"], world)
         folder = RunFolder(run.out, resume_path, args.keep_every, preview_batch(run)) if rank == 0 else None
         with folder or contextlib.nullcontext(), StopSignals() as stop:
             state, objective, T = prepare(run, args, model, config, resume, place)
-            (print if rank == 0 else (lambda *a: None))(start_line(run, model, place))
+            (print if rank == 0 else (lambda *a: None))(start_line(run, model, place, args.compile))
             return loop(run, args, state, objective, T, ds, place, folder, stop)
     finally:
         distributed.end(world)
@@ -478,7 +478,7 @@ def parse_args(argv=None):
     ap.add_argument("--amp", default="auto", choices=cli.AMP_CHOICES,
                     help="autocast dtype (auto: bf16 on CUDA, fp16 where it lacks bf16, and on a CPU with native bf16; "
                          "float32 elsewhere; off: float32)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the objective (network and loss)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the objective (default: on CUDA and on CPU runs of 150k+ images)")
     ap.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward (256^2)")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW (default: channels-last)")
     return ap.parse_args(argv)

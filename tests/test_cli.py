@@ -60,3 +60,13 @@ def test_one_precision_rule():
     with pytest.raises(cli.UsageError, match="fp16 needs CUDA"):
         cli.autocast_dtype(cpu, "fp16")
     assert cli.precision(None) == "float32" and cli.precision(torch.bfloat16) == "bfloat16 autocast"
+
+
+def test_compile_is_the_default_where_it_repays_its_compile_and_the_flag_always_wins():
+    import torch
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    n = cli.COMPILE_MIN_IMAGES
+    assert cli.compiles(None, cuda, 10) and cli.compiles(None, cpu, n) and not cli.compiles(None, cpu, n - 1)
+    assert not cli.compiles(None, cuda, 10 * n, world=2)   # data-parallel runs stay eager unless asked
+    for flag in (True, False):
+        assert all(cli.compiles(flag, d, i, w) is flag for d in (cpu, cuda) for i in (1, n) for w in (1, 2))
