@@ -151,11 +151,11 @@ COMPILE_MIN_IMAGES = 150_000
 
 
 def compiles(flag, device, images, world=1):
-    """Whether train.py compiles its objective: --compile / --no-compile decide; unset, on CUDA and on a CPU
-    run of at least COMPILE_MIN_IMAGES images, in one process (DDP over gloo with compile is not measured)."""
+    """Whether train.py compiles its objective: --compile / --no-compile decide; unset, on CUDA, and on a CPU
+    run of at least COMPILE_MIN_IMAGES images in one process (DDP over gloo with compile is not measured)."""
     if flag is not None:
         return flag
-    return world == 1 and (device.type == "cuda" or images >= COMPILE_MIN_IMAGES)
+    return device.type == "cuda" or (world == 1 and images >= COMPILE_MIN_IMAGES)
 
 
 def precision(amp_dtype):

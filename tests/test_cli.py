@@ -67,6 +67,6 @@ def test_compile_is_the_default_where_it_repays_its_compile_and_the_flag_always_
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     n = cli.COMPILE_MIN_IMAGES
     assert cli.compiles(None, cuda, 10) and cli.compiles(None, cpu, n) and not cli.compiles(None, cpu, n - 1)
-    assert not cli.compiles(None, cuda, 10 * n, world=2)   # data-parallel runs stay eager unless asked
+    assert cli.compiles(None, cuda, 10, world=8) and not cli.compiles(None, cpu, 10 * n, world=2)  # gloo DDP: eager
     for flag in (True, False):
         assert all(cli.compiles(flag, d, i, w) is flag for d in (cpu, cuda) for i in (1, n) for w in (1, 2))
