@@ -33,9 +33,11 @@ PRESETS = {
     # input_skip: the network predicts eps's residual past its closed-form share of x_t (unet.UNet).
     # t_weights "snr" with t_gamma -0.3 (Diff-AE only): the weight grows with t, so the late steps, where
     #   z_sem alone decides the image, carry most of the loss and the encoder learns from them.
+    # t_floor 0.03 (Diff-AE only): 3% of the uniform weight on every t, so the small-t steps, which remove
+    #   the last of the noise, learn to: without it random-x_T decodings are grainier than the data.
     "toy32":  dict(res=32, batch_size=32, lr=6e-4, ema=0.995, dropout=0.0, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                    attn_res=(8,), enc_ch_mult=(1, 2, 2, 4), embed_dim=128, z_dim=128, norm_groups=8, images=96_000,
-                   images_float32=48_000, input_skip=True, t_weights="snr", t_gamma=-0.3, grad_clip=1.0),
+                   images_float32=48_000, input_skip=True, t_weights="snr", t_gamma=-0.3, t_floor=0.03, grad_clip=1.0),
     "tiny16": dict(res=16, batch_size=16, lr=2e-4, ema=0.98, dropout=0.0, ch=16, ch_mult=(1, 2), num_res_blocks=1,
                    attn_res=(), enc_ch_mult=(1, 2, 2), embed_dim=64, z_dim=32, norm_groups=8, images=3_200, grad_clip=1.0),
 }

@@ -12,8 +12,8 @@ def test_t_gamma_belongs_to_diffae_and_ddim_and_is_refused_where_it_does_nothing
     def resolved(*extra):
         args = train.parse_args(["--preset", "toy32", "--data-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), *extra])
         return train.resolve(args, None)[0]
-    assert resolved().hp["t_gamma"] == -0.3                          # toy32's Diff-AE
-    assert "t_gamma" not in resolved("--model", "ddim").hp           # its DDIM baseline keeps PDAE's 0.1
+    assert resolved().hp["t_gamma"] == -0.3 and resolved().hp["t_floor"] == 0.03   # toy32's Diff-AE
+    assert not {"t_gamma", "t_floor"} & set(resolved("--model", "ddim").hp)       # its DDIM baseline keeps PDAE's λ_t
     assert resolved("--model", "ddim", "--t-gamma", "0.5").hp["t_gamma"] == 0.5
     with pytest.raises(cli.UsageError, match="gamma"):
         resolved("--t-weights", "uniform", "--t-gamma", "0.2")
