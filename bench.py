@@ -4,6 +4,7 @@
     python bench.py --preset ffhq128 --device cuda --peak-tflops 800 --json bench.json
     python bench.py --official /path/to/diffae       # also time the official Diff-AE model, same architecture
     python bench.py --preset ffhq128 --model pdae    # PDAE around a frozen DDIM of that preset (§4.1's throughput)
+    python bench.py --compile --profile 5            # eager and compiled step, and where each one's time goes
 
 Times are medians over --iters synchronised repetitions after --warmup. FLOPs are counted once
 with torch.utils.flop_counter (forward + backward of one training step). --official takes a
@@ -94,8 +95,9 @@ def noise_predictor(model, kind, x0):
     return model.eps_fn(model.encode(x0))
 
 
-def bench_train(model, loss_fn, args, device, amp_dtype, res, B, tuned=True):
-    """Median seconds of one training step (loss forward and backward, clip, Adam) and its FLOPs.
+def bench_train(model, loss_fn, args, device, amp_dtype, res, B, tuned=True, profile=0):
+    """Median seconds of one training step (loss forward and backward, clip, Adam), its FLOPs, the
+    first step's seconds, and (profile > 0) the ops that take its time over that many more steps.
 
     tuned: channels-last (unless --no-channels-last) and fused Adam, as train.py runs; the official
     code gets them on CUDA only (its own trainer on a CPU runs NCHW and the unfused Adam).
@@ -123,7 +125,21 @@ def bench_train(model, loss_fn, args, device, amp_dtype, res, B, tuned=True):
     # with a graph break at every module, and the timing below would run that slower graph
     with FlopCounterMode(display=False) as fc:
         step(getattr(loss_fn, "_orig_mod", loss_fn))
-    return timed(step, device, args.warmup, args.iters), fc.get_total_flops(), first
+    sec = timed(step, device, args.warmup, args.iters)
+    return sec, fc.get_total_flops(), first, profile_step(step, device, profile) if profile else None
+
+
+def profile_step(step, device, n, top=15):
+    """[(op, share of the steps' self time, ms per step)] of the `top` largest, by torch.profiler over n steps."""
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in ops)
+    return [(e.key, getattr(e, key) / total, getattr(e, key) / n / 1e3) for e in ops[:top]]
 
 
 def parse_args(argv):
@@ -146,6 +162,9 @@ def parse_args(argv):
     ap.add_argument("--official", default=None, help="a checkout of phizaz/diffae to time beside ours")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--rounds", type=cli.positive_int, default=3, help="with --official: alternating timing rounds")
+    ap.add_argument("--profile", type=cli.nonnegative_int, default=0, metavar="N",
+                    help="also profile N more training steps of each and print the ops that take their time "
+                         "(with --compile, inductor's kernels record themselves: that compiles anew)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.official and args.model == "pdae":
@@ -160,7 +179,7 @@ def report(name, model, loss_fn, args, device, amp, res, B, tuned=True):
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sec, flops, first = bench_train(model, loss_fn, args, device, amp, res, B, tuned)
+    sec, flops, first, ops = bench_train(model, loss_fn, args, device, amp, res, B, tuned, args.profile)
     row = dict(name=name, preset=args.preset, model=args.model, device=str(device), batch=B, precision=cli.precision(amp),
                train_step_s=sec, train_images_per_s=B / sec, first_step_s=first, gflop_per_image=flops / B / 1e9,
                achieved_tflops=flops / sec / 1e12, peak_memory_mb=peak_memory_mb(device),
@@ -172,6 +191,11 @@ def report(name, model, loss_fn, args, device, amp, res, B, tuned=True):
           f"{row['gflop_per_image']:.1f} GFLOP/img  {row['achieved_tflops']:.2f} TFLOP/s"
           + (f"  MFU {row['mfu']:.1%}" if args.peak_tflops else "") + f"  peak mem {row['peak_memory_mb']:.0f} MB"
           + (f"  first step {first:.1f} s" if first > 5 * sec else ""), flush=True)
+    if ops:
+        row["profile"] = [dict(op=op, share=share, ms_per_step=ms) for op, share, ms in ops]
+        print(f"{'':>10s}  where {args.profile} steps' time goes (self time, largest {len(ops)} ops):")
+        for op, share, ms in ops:
+            print(f"{'':>12s}{share:6.1%} {ms:8.2f} ms  {op}")
     return row
 
 
@@ -238,6 +262,8 @@ def main(argv=None):
         rows.append(report("ours", *ours, args, device, amp_dtype, res, B))
         bench_sampling(ours[0], rows[-1], args, device, amp_dtype, res, args.sample_batch or B)
         if args.compile:  # train.py --compile: the same objective through torch.compile, beside eager
+            if args.profile:  # name each fused kernel in the profile, not only the compiled region around them
+                torch._inductor.config.cpp.enable_kernel_profile = True
             compiled = (ours[0], torch.compile(ours[1]))
             rows.append(report("compiled", *compiled, args, device, amp_dtype, res, B))
             alternate_rounds(ours, compiled, rows[-2:], args, device, (amp_dtype, amp_dtype), res, B)

@@ -215,3 +215,8 @@ def grain(x):
     u = to_unit(x)
     lap = 4 * u[..., 1:-1, 1:-1] - u[..., :-2, 1:-1] - u[..., 2:, 1:-1] - u[..., 1:-1, :-2] - u[..., 1:-1, 2:]
     return lap.abs().mean((1, 2, 3))
+
+
+def grain_ratio(x, reference):
+    """Mean grain of images x over that of the images they imitate: 1 as the data, above 1 grainy."""
+    return float(grain(x).mean()) / max(float(grain(reference).mean()), 1e-12)

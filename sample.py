@@ -249,7 +249,7 @@ def eval_row(kind, model, d, x, y, steps, xT_mode, g, lpips_fn, referee, args):
                 lp.append(metrics.lpips_distance(lpips_fn, rec, xb).cpu())
             recs.append(rec.cpu())
     # grain: the decodings' fine high-frequency energy over the inputs' (1: as the data; above: grainy)
-    grain = float(metrics.grain(torch.cat(recs)).mean() / metrics.grain(x).mean().clamp_min(1e-12))
+    grain = metrics.grain_ratio(torch.cat(recs), x)
     row = dict(T=steps, x_T=xT_mode, mse=float(torch.cat(mse).mean()), ssim=float(torch.cat(ssim).mean()),
                lpips=float(torch.cat(lp).mean()) if lp else None, grain_ratio=grain, seconds=round(time.time() - t0, 1))
     lp_txt = f"  LPIPS {row['lpips']:.4f}" if lp else ""
@@ -436,7 +436,7 @@ def cmd_eval_samples(kind, model, d, ck, args):
         args.steps = steps
         t0 = time.time()
         fake = generate(kind, model, d, len(real), args)
-        row = {"T": steps, "grain_ratio": float(metrics.grain(fake).mean() / metrics.grain(real).mean().clamp_min(1e-12))}
+        row = {"T": steps, "grain_ratio": metrics.grain_ratio(fake, real)}
         if referee is not None:
             rates = (judge.judge_apply(referee, fake, referee) > 0).float().mean(0)
             row.update(toy_fd=judge.toy_frechet_distance(fake, real, referee), attribute_rates=dict(zip(referee.attributes, rates.tolist())),

@@ -49,3 +49,18 @@ def test_bench_compile_times_trains_own_objective_beside_eager(tmp_path, monkeyp
     eager, compiled = json.loads(out.read_text())
     assert (eager["name"], compiled["name"]) == ("ours", "compiled") and compiled["speed_vs_ours"] > 0
     assert len(compiled["train_step_s_rounds"]) == 2 and compiled["first_step_s"] > 0
+
+
+def test_bench_profile_lists_the_ops_of_a_step_largest_first(tmp_path, monkeypatch):
+    import torch
+    import torch._inductor.config as inductor_config
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", False)  # restored after the test
+    out = tmp_path / "b.json"
+    assert bench.main(["--preset", "tiny16", "--compile", "--profile", "2", "--batch-size", "2", "--warmup", "0",
+                       "--iters", "1", "--rounds", "1", "--sample-T", "2", "--json", str(out)]) == 0
+    assert inductor_config.cpp.enable_kernel_profile  # compiled kernels name themselves in the profile
+    for row in json.loads(out.read_text()):
+        shares = [op["share"] for op in row["profile"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert any("convolution" in op["op"] for op in row["profile"]) and all(op["ms_per_step"] >= 0 for op in row["profile"])

@@ -240,3 +240,10 @@ def test_grain_is_zero_on_planes_and_grows_with_fine_noise():
     g = torch.Generator().manual_seed(0)
     noisy = [grain((plane + s * torch.randn(plane.shape, generator=g)).clamp(-1, 1)).mean() for s in (0.05, 0.1, 0.2)]
     assert noisy[0] < noisy[1] < noisy[2]
+
+
+def test_grain_ratio_is_one_on_the_data_and_scales_with_contrast():
+    from metrics import grain_ratio
+    x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert abs(grain_ratio(x, x) - 1) < 1e-6
+    assert abs(grain_ratio(0.5 * x, x) - 0.5) < 1e-5  # the Laplacian is linear: half the contrast, half the grain
