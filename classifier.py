@@ -14,6 +14,7 @@ with scale 0.3 in the notebook and scale in [-0.5, 0.5] in predict.py ("too stro
 artifacts"). sqrt(dim) is the typical norm of a normalised code, so `scale` is a fraction of it;
 `manipulate` below keeps that convention so the official scales carry over.
 """
+import contextlib
 import functools
 import math
 
@@ -25,11 +26,12 @@ from metrics import balanced_accuracy
 
 
 def in_float32(fit):
-    """A fit runs in float32 whatever autocast the caller's networks run in: bf16's 8 bits of mantissa
-    lose a converging probe's small steps."""
+    """A fit runs in float32, with gradients, whatever autocast the caller's networks run in (CPU or CUDA):
+    bf16's 8 bits of mantissa lose a converging probe's small steps."""
     @functools.wraps(fit)
     def run(*args, **kwargs):
-        with torch.autocast("cpu", enabled=False):
+        cuda = torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()
+        with torch.autocast("cpu", enabled=False), cuda, torch.enable_grad():
             return fit(*args, **kwargs)
     return run
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import checkpoint
+from classifier import in_float32
 from data import ToyFaces
 from metrics import balanced_accuracy, frechet_distance
 
@@ -57,6 +58,7 @@ class AttributeNet(nn.Module):
         return self.head(self.features(x))  # (B, n_attrs) logits
 
 
+@in_float32  # under sample.py's bf16 autocast this net collapses to constant outputs (balanced accuracy 0.5)
 def train_attribute_net(res, n_train=2000, steps=300, batch_size=64, lr=2e-3, seed=0,
                         device="cpu", width=32, work_res=32, log_every=100):
     """Train an AttributeNet on toyfaces ground truth (split "train") with per-attribute BCE."""
@@ -98,7 +100,8 @@ def attribute_judge(res, cache_dir="data/cache", device="cpu"):
         print(f"attribute judge: loaded {path}")
         return net.to(device).eval()
     print(f"attribute judge: none cached at {path}, training one (about a minute on a CPU)")
-    net = train_attribute_net(res, device=device, log_every=0)
+    with torch.inference_mode(False):  # the same referee whatever context the first caller sits in
+        net = train_attribute_net(res, device=device, log_every=0)
     checkpoint.save(path, {"config": net.config, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}})
     return net
 

@@ -40,6 +40,20 @@ def test_attribute_judge_caches_and_reloads(tmp_path, monkeypatch):
     assert j2.attributes == ["A", "B", "C"]
 
 
+def test_the_judge_is_the_same_whatever_context_trains_it(tmp_path, monkeypatch):
+    """sample.py runs its commands under bf16 autocast and inference mode: a judge trained there (its first
+    use) must equal one trained anywhere else, not a collapsed net that answers one class."""
+    import functools
+    monkeypatch.chdir(tmp_path)  # ToyFaces caches its renders under ./data/cache
+    small = functools.partial(judge.train_attribute_net, n_train=200, steps=30, batch_size=32, width=16, log_every=0)
+    monkeypatch.setattr(judge, "train_attribute_net", lambda res, **kw: small(res))
+    plain = attribute_judge(16, cache_dir="a")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = attribute_judge(16, cache_dir="b")
+    for (name, p), q in zip(plain.state_dict().items(), inside.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
 def test_attribute_accuracy_and_toy_frechet_distance_run_batched():
     torch.manual_seed(0)
     net = AttributeNet(n_attrs=2, attributes=["A", "B"]).eval()
