@@ -129,8 +129,8 @@ def bench_train(model, loss_fn, args, device, amp_dtype, res, B, tuned=True, pro
     return sec, fc.get_total_flops(), first, profile_step(step, device, profile) if profile else None
 
 
-def profile_step(step, device, n, top=15):
-    """[(op, share of the steps' self time, ms per step)] of the `top` largest, by torch.profiler over n steps."""
+def profile_step(step, device, n):
+    """[(op, share of the steps' self time, ms per step)] of every op, largest first, by torch.profiler over n steps."""
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(n):
@@ -139,7 +139,7 @@ def profile_step(step, device, n, top=15):
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in ops)
-    return [(e.key, getattr(e, key) / total, getattr(e, key) / n / 1e3) for e in ops[:top]]
+    return [(e.key, getattr(e, key) / total, getattr(e, key) / n / 1e3) for e in ops if getattr(e, key) > 0]
 
 
 def parse_args(argv):
@@ -193,9 +193,12 @@ def report(name, model, loss_fn, args, device, amp, res, B, tuned=True):
           + (f"  first step {first:.1f} s" if first > 5 * sec else ""), flush=True)
     if ops:
         row["profile"] = [dict(op=op, share=share, ms_per_step=ms) for op, share, ms in ops]
-        print(f"{'':>10s}  where {args.profile} steps' time goes (self time, largest {len(ops)} ops):")
-        for op, share, ms in ops:
+        top = 15
+        print(f"{'':>10s}  where {args.profile} steps' time goes (self time per step, the largest of {len(ops)} ops):")
+        for op, share, ms in ops[:top]:
             print(f"{'':>12s}{share:6.1%} {ms:8.2f} ms  {op}")
+        if len(ops) > top:
+            print(f"{'':>12s}{sum(o[1] for o in ops[top:]):6.1%} {sum(o[2] for o in ops[top:]):8.2f} ms  the other {len(ops) - top} ops")
     return row
 
 
