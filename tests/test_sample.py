@@ -4,6 +4,7 @@ import os
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -426,3 +427,22 @@ def test_pdae_interpolation_guidance_and_the_30_percent_rule_are_measured(ckpts,
         assert res["shift_until"] == float(until)
         gaps.append(res["rows"][0]["toy_fd"])
     assert gaps[0] != gaps[1]  # the last step of four runs with the shift in one and without it in the other
+
+
+@pytest.mark.parametrize("name", ["lat", "pdae"])
+def test_compile_samples_what_eager_samples(ckpts, monkeypatch, name):
+    """--compile: the denoising networks compiled in place (here dynamo with its eager backend, not inductor:
+    the graph capture under inference mode and autocast, in seconds); the figure is the same image."""
+    from PIL import Image
+    compiled, original = [], torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(type(self).__name__) or
+                        original(self, backend="eager"))
+    pngs = []
+    for flags in ([], ["--compile"]):
+        out = ckpts / f"compile_{name}_{len(flags)}"
+        assert sample.main(["--ckpt", str(ckpts / name / "ckpt.pt"), *flags, "reconstruct", "--steps", "3", "--n", "2",
+                            "--out", str(out)]) == 0
+        pngs.append(np.asarray(Image.open(out / next(f for f in os.listdir(out) if f.endswith(".png")))))
+    assert compiled == (["UNet"] if name == "lat" else ["UNet", "GradientEstimator"])
+    assert np.array_equal(pngs[0], pngs[1])
+    torch._dynamo.reset()
