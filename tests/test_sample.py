@@ -40,7 +40,7 @@ def test_figures(ckpts, cmd):
 
 @pytest.mark.parametrize("cmd", [["reconstruct"], ["gap", "--steps", "4"], ["denoise-one-step", "--frames", "3"],
                                  ["reconstruct-ddpm"], ["interpolate-g", "--frames", "3"]])
-def test_pdae_figures(ckpts, cmd):
+def test_pdae_figures(ckpts, cmd, quick_judge):  # interpolate-g asks the judge for its attribute path
     out = ckpts / "pdae_figs" / cmd[0]
     args = ["--ckpt", str(ckpts / "pdae" / "ckpt.pt"), *cmd, "--n", "2", "--out", str(out)]
     if "--steps" not in cmd:
