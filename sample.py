@@ -699,8 +699,9 @@ SHARED = {"seed": (cli.seed_int, 0, "random seed"), "device": (str, None, "cpu o
           "out": (str, None, "output folder (default: the checkpoint's folder; runs/samples/NAME for released ones)"),
           "amp": (cli.one_of(*cli.AMP_CHOICES), "auto", "autocast of the networks, as train.py's: auto (bf16 on CUDA and on a CPU with "
                                                   "native bf16), bf16, fp16 or off (float32); samplers stay float32"),
-          "compile": (bool, False, "torch.compile the denoising networks, which every DDIM step calls: on a CPU 1.5x the "
-                                   "sampling speed after a compile of about a minute, so for long commands (docs/RESULTS.md)"),
+          "compile": (bool, False, "torch.compile the denoising networks, which every DDIM step calls: on a CPU 1.4-2x the "
+                                   "sampling speed after a compile of about a minute (seconds from inductor's cache on later "
+                                   "runs), so for long commands (docs/RESULTS.md)"),
           "grid": (cli.one_of("diffae", "pdae"), None, "sampler timesteps: diffae, or pdae (PDAE's linspace(0, 999, N+1), the image at "
                               "timestep 0); default: the checkpoint's (pdae for imported PDAE models)")}
 
